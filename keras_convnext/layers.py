@@ -1,0 +1,324 @@
+"""The layers ConvNeXt is made of: LayerScale, StochasticDepth, the block, the stem, downsampling.
+
+Every layer is registered for serialization under the package name ``keras_convnext`` so a
+``.keras`` file round-trips with no ``custom_objects`` (after ``import keras_convnext``), on any
+backend. Weight shapes and the order of operations follow the reference implementation
+(facebookresearch/ConvNeXt), so published checkpoints map onto these layers tensor for tensor.
+
+Sub-layer names inside a block (``dwconv``, ``norm``, ``pwconv1``, ``pwconv2``, ``layer_scale``,
+``drop_path``) are the reference implementation's, so ``stage_2_block_5/dwconv/kernel`` is the
+official ``stages.2.5.dwconv.weight``.
+"""
+
+import keras
+from keras import ops
+
+from keras_convnext.dispatch import depthwise_conv_layer
+
+PACKAGE = "keras_convnext"
+LAYER_NORM_EPSILON = 1e-6
+
+
+def _conv_initializer():
+    # The reference initializes every conv and linear weight with trunc_normal(std=0.02).
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+def _channel_axis(data_format):
+    return 1 if data_format == "channels_first" else -1
+
+
+def _check_data_format(data_format):
+    data_format = data_format or keras.config.image_data_format()
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(
+            f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
+        )
+    return data_format
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerScale(keras.layers.Layer):
+    """Multiplies the last axis by a learned per-channel scale (``gamma``), from CaiT.
+
+    ConvNeXt initializes gamma to a tiny value (1e-6) so that every residual block starts
+    close to the identity. The layer itself always scales; to disable LayerScale, a block is
+    built with ``layer_scale_init_value=None`` or ``0`` and simply has no LayerScale layer.
+    """
+
+    def __init__(self, init_value=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        if init_value is None or float(init_value) <= 0.0:
+            raise ValueError(
+                f"LayerScale init_value must be a positive number, got {init_value!r}; "
+                "to disable LayerScale, build the block with layer_scale_init_value=None"
+            )
+        self.init_value = float(init_value)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            name="gamma",
+            shape=(input_shape[-1],),
+            initializer=keras.initializers.Constant(self.init_value),
+            trainable=True,
+        )
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.gamma, inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StochasticDepth(keras.layers.Layer):
+    """Drop path: in training, zeroes whole samples of a residual branch with probability ``rate``
+    and scales the kept ones by ``1 / (1 - rate)``; the identity at inference.
+
+    Random numbers come from a ``keras.random.SeedGenerator`` so that the layer works inside a
+    traced (JAX, XLA) training step and is reproducible given ``seed``.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"StochasticDepth rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, seed=self.seed_generator, dtype=inputs.dtype)
+        mask = ops.floor(keep + noise)
+        return inputs * (mask / keep)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvNeXtBlock(keras.layers.Layer):
+    """The ConvNeXt block: 7x7 depthwise conv -> LayerNorm -> 1x1 (4x expansion) -> GELU ->
+    1x1 -> LayerScale -> stochastic depth -> + input.
+
+    The two 1x1 convs are Dense layers on the channel axis, as in the reference (``pwconv1``,
+    ``pwconv2``). With ``data_format="channels_first"`` the depthwise conv runs on NCHW and the
+    channel MLP on a transposed NHWC view, exactly like the reference's permutes.
+    """
+
+    def __init__(
+        self,
+        dim,
+        kernel_size=7,
+        mlp_ratio=4,
+        layer_scale_init_value=1e-6,
+        drop_path_rate=0.0,
+        seed=None,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.kernel_size = int(kernel_size)
+        self.mlp_ratio = mlp_ratio
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = float(drop_path_rate)
+        self.seed = seed
+        self.data_format = _check_data_format(data_format)
+        common = {"dtype": self.dtype_policy}
+        self.dwconv = depthwise_conv_layer(
+            kernel_size=self.kernel_size,
+            padding="same",
+            data_format=self.data_format,
+            depthwise_initializer=_conv_initializer(),
+            name="dwconv",
+            **common,
+        )
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=LAYER_NORM_EPSILON, name="norm", **common
+        )
+        hidden = int(mlp_ratio * self.dim)
+        self.pwconv1 = keras.layers.Dense(
+            hidden, kernel_initializer=_conv_initializer(), name="pwconv1", **common
+        )
+        self.pwconv2 = keras.layers.Dense(
+            self.dim, kernel_initializer=_conv_initializer(), name="pwconv2", **common
+        )
+        self.layer_scale = (
+            LayerScale(layer_scale_init_value, name="layer_scale", **common)
+            if layer_scale_init_value
+            else None
+        )
+        self.drop_path = (
+            StochasticDepth(self.drop_path_rate, seed=seed, name="drop_path", **common)
+            if self.drop_path_rate > 0
+            else None
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[_channel_axis(self.data_format)]
+        if channels is not None and channels != self.dim:
+            raise ValueError(
+                f"{self.name}: expected {self.dim} input channels, got input shape {input_shape}"
+            )
+        self.dwconv.build(input_shape)
+        channels_last = (None, None, None, self.dim)
+        self.norm.build(channels_last)
+        self.pwconv1.build(channels_last)
+        self.pwconv2.build(channels_last[:-1] + (self.pwconv1.units,))
+        if self.layer_scale is not None:
+            self.layer_scale.build(channels_last)
+
+    def call(self, inputs, training=None):
+        x = self.dwconv(inputs)
+        if self.data_format == "channels_first":
+            x = ops.transpose(x, (0, 2, 3, 1))
+        x = self.norm(x)
+        x = self.pwconv1(x)
+        x = keras.activations.gelu(x, approximate=False)
+        x = self.pwconv2(x)
+        if self.layer_scale is not None:
+            x = self.layer_scale(x)
+        if self.data_format == "channels_first":
+            x = ops.transpose(x, (0, 3, 1, 2))
+        if self.drop_path is not None:
+            x = self.drop_path(x, training=training)
+        return inputs + x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "kernel_size": self.kernel_size,
+            "mlp_ratio": self.mlp_ratio,
+            "layer_scale_init_value": self.layer_scale_init_value,
+            "drop_path_rate": self.drop_path_rate,
+            "seed": self.seed,
+            "data_format": self.data_format,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Stem(keras.layers.Layer):
+    """Patchify stem: a 4x4 conv with stride 4 (non-overlapping patches), then LayerNorm."""
+
+    def __init__(self, dim, patch_size=4, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.patch_size = int(patch_size)
+        self.data_format = _check_data_format(data_format)
+        self.conv = keras.layers.Conv2D(
+            self.dim,
+            self.patch_size,
+            strides=self.patch_size,
+            data_format=self.data_format,
+            kernel_initializer=_conv_initializer(),
+            name="conv",
+            dtype=self.dtype_policy,
+        )
+        self.norm = keras.layers.LayerNormalization(
+            axis=_channel_axis(self.data_format),
+            epsilon=LAYER_NORM_EPSILON,
+            name="norm",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.norm.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs):
+        return self.norm(self.conv(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "patch_size": self.patch_size,
+            "data_format": self.data_format,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Downsample(keras.layers.Layer):
+    """Separate downsampling between stages: LayerNorm, then a 2x2 conv with stride 2."""
+
+    def __init__(self, dim, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.data_format = _check_data_format(data_format)
+        self.norm = keras.layers.LayerNormalization(
+            axis=_channel_axis(self.data_format),
+            epsilon=LAYER_NORM_EPSILON,
+            name="norm",
+            dtype=self.dtype_policy,
+        )
+        self.conv = keras.layers.Conv2D(
+            self.dim,
+            2,
+            strides=2,
+            data_format=self.data_format,
+            kernel_initializer=_conv_initializer(),
+            name="conv",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape):
+        self.norm.build(input_shape)
+        self.conv.build(input_shape)
+
+    def call(self, inputs):
+        return self.conv(self.norm(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "data_format": self.data_format}
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImageNormalization(keras.layers.Layer):
+    """Maps 0-255 RGB to ImageNet-normalized input: ``(x / 255 - mean) / std``. No weights."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.data_format = _check_data_format(data_format)
+
+    def call(self, inputs):
+        shape = (-1, 1, 1) if self.data_format == "channels_first" else (-1,)
+        scale = ops.reshape(ops.convert_to_tensor([255.0 * s for s in self.std]), shape)
+        offset = ops.reshape(ops.convert_to_tensor([255.0 * m for m in self.mean]), shape)
+        x = ops.cast(inputs, self.compute_dtype)
+        return (x - ops.cast(offset, x.dtype)) / ops.cast(scale, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mean": self.mean,
+            "std": self.std,
+            "data_format": self.data_format,
+        }

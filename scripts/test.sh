@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the test suite once per Keras backend (tensorflow, jax, torch). Extra arguments go to pytest.
+# Installs into .venv first (scripts/setup.sh) unless SKIP_SETUP=1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ "${SKIP_SETUP:-0}" != 1 ]; then
+    bash scripts/setup.sh || exit 1
+fi
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+status=0
+for backend in ${BACKENDS:-tensorflow jax torch}; do
+    echo "=== KERAS_BACKEND=$backend"
+    KERAS_BACKEND=$backend .venv/bin/python -m pytest "$@" || status=1
+done
+exit $status
