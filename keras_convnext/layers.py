@@ -28,6 +28,20 @@ def _channel_axis(data_format):
     return 1 if data_format == "channels_first" else -1
 
 
+def _to_channels_last(x, data_format):
+    return ops.transpose(x, (0, 2, 3, 1)) if data_format == "channels_first" else x
+
+
+def _to_data_format(x, data_format):
+    return ops.transpose(x, (0, 3, 1, 2)) if data_format == "channels_first" else x
+
+
+def _channel_norm(norm, x, data_format):
+    """LayerNorm over channels. With channels_first it normalizes a transposed NHWC view
+    (Keras' torch backend mis-handles LayerNormalization(axis=1) on 4D tensors)."""
+    return _to_data_format(norm(_to_channels_last(x, data_format)), data_format)
+
+
 def _check_data_format(data_format):
     data_format = data_format or keras.config.image_data_format()
     if data_format not in ("channels_last", "channels_first"):
@@ -178,17 +192,14 @@ class ConvNeXtBlock(keras.layers.Layer):
             self.layer_scale.build(channels_last)
 
     def call(self, inputs, training=None):
-        x = self.dwconv(inputs)
-        if self.data_format == "channels_first":
-            x = ops.transpose(x, (0, 2, 3, 1))
+        x = _to_channels_last(self.dwconv(inputs), self.data_format)
         x = self.norm(x)
         x = self.pwconv1(x)
         x = keras.activations.gelu(x, approximate=False)
         x = self.pwconv2(x)
         if self.layer_scale is not None:
             x = self.layer_scale(x)
-        if self.data_format == "channels_first":
-            x = ops.transpose(x, (0, 3, 1, 2))
+        x = _to_data_format(x, self.data_format)
         if self.drop_path is not None:
             x = self.drop_path(x, training=training)
         return inputs + x
@@ -228,7 +239,6 @@ class Stem(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         self.norm = keras.layers.LayerNormalization(
-            axis=_channel_axis(self.data_format),
             epsilon=LAYER_NORM_EPSILON,
             name="norm",
             dtype=self.dtype_policy,
@@ -236,10 +246,10 @@ class Stem(keras.layers.Layer):
 
     def build(self, input_shape):
         self.conv.build(input_shape)
-        self.norm.build(self.conv.compute_output_shape(input_shape))
+        self.norm.build((None, None, None, self.dim))
 
     def call(self, inputs):
-        return self.norm(self.conv(inputs))
+        return _channel_norm(self.norm, self.conv(inputs), self.data_format)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -262,7 +272,6 @@ class Downsample(keras.layers.Layer):
         self.dim = int(dim)
         self.data_format = _check_data_format(data_format)
         self.norm = keras.layers.LayerNormalization(
-            axis=_channel_axis(self.data_format),
             epsilon=LAYER_NORM_EPSILON,
             name="norm",
             dtype=self.dtype_policy,
@@ -278,11 +287,11 @@ class Downsample(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        self.norm.build(input_shape)
+        self.norm.build((None, None, None, input_shape[_channel_axis(self.data_format)]))
         self.conv.build(input_shape)
 
     def call(self, inputs):
-        return self.conv(self.norm(inputs))
+        return self.conv(_channel_norm(self.norm, inputs, self.data_format))
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
