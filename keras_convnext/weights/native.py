@@ -1,0 +1,87 @@
+"""keras_convnext's own Keras weights files (``model.save_weights("x.weights.h5")``).
+
+Read by layer name, not by Keras's positional matching, so the same strict checks apply as to
+every other format (and a file saved with a head loads into ``include_top=False``). ``write``
+is how the converter and the download cache produce such files.
+"""
+
+import re
+
+import keras
+
+from keras_convnext.weights import converted as c
+
+NAME = "native"
+DESCRIPTION = "keras_convnext Keras weights file"
+
+_KERNEL_BIAS = ("kernel", "bias")
+_GAMMA_BETA = ("gamma", "beta")
+# Variable names, in Keras's order, of each kind of sub-layer, by the sub-layer's name.
+VARIABLES = {
+    "conv": _KERNEL_BIAS,
+    "dwconv": _KERNEL_BIAS,
+    "pwconv1": _KERNEL_BIAS,
+    "pwconv2": _KERNEL_BIAS,
+    "predictions": _KERNEL_BIAS,
+    "norm": _GAMMA_BETA,
+    "head_norm": _GAMMA_BETA,
+    "layer_scale": ("gamma",),
+}
+
+_TOP_LEVEL = re.compile(r"stem|stage_\d+_block_\d+|stage_\d+_downsample|head_norm|predictions")
+_VARIABLE_PATH = re.compile(
+    r"(stem|stage_\d+_downsample)/(conv|norm)/\w+"
+    r"|stage_\d+_block_\d+/(dwconv|norm|pwconv1|pwconv2|layer_scale)/\w+"
+    r"|(head_norm|predictions)/\w+"
+)
+
+
+def has_convnext_variables(model):
+    """Whether every variable of ``model`` is named as in a keras_convnext ConvNeXt (an early
+    roadmap step, for one, is not: its weights files are Keras's business alone)."""
+    return all(_VARIABLE_PATH.fullmatch(v.path) for v in model.weights)
+
+
+def matches(entries):
+    return any(e.layers and _TOP_LEVEL.fullmatch(e.layers[0]) for e in entries)
+
+
+def convert(entries):
+    out = c.Converted(NAME)
+    for entry in entries:
+        names = VARIABLES.get(entry.layers[-1]) if entry.layers else None
+        if names is None or entry.index >= len(names):
+            out.unexpected.append(entry.source)
+            continue
+        var = entry.name if entry.name in names else names[entry.index]
+        out.add("/".join(entry.layers) + "/" + var, entry.array, entry.source)
+    return out
+
+
+def write(converted, path):
+    """Builds the model ``converted`` describes, loads it strictly, and saves ``path``."""
+    from keras_convnext.model import ConvNeXt
+    from keras_convnext.weights import assign
+
+    if not str(path).endswith(".weights.h5"):
+        raise ValueError(f"a Keras weights file must end with .weights.h5, got {path}")
+    arch = assign.architecture({k: v.shape for k, v in converted.arrays.items()})
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")  # store full precision whatever the session uses
+    try:
+        model = ConvNeXt(
+            arch.depths,
+            arch.dims,
+            include_top=arch.classes is not None,
+            classes=arch.classes or 1000,
+            include_preprocessing=False,
+            classifier_activation=None,
+            layer_scale_init_value=1e-6 if arch.layer_scale else None,
+            kernel_size=arch.kernel_size,
+            name=arch.name,
+        )
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assign.assign(model, converted)
+    model.save_weights(path)
+    return model
