@@ -266,12 +266,23 @@ def test_wrong_rank_is_reported(refs, model, tmp_path):
         load_weights(model, path)
 
 
-def test_corrupt_and_unknown_files(refs, model, tmp_path):
-    data = open(refs.files["hf-safetensors"], "rb").read()
-    truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_weights(model, str(truncated))
+@pytest.mark.parametrize(
+    "file_id, message",
+    [
+        ("hf-safetensors", "truncated or corrupt"),
+        ("hf-bin", "cannot read this PyTorch file"),
+        ("keras-applications-h5", "cannot read this HDF5 file"),
+    ],
+)
+def test_truncated_files_are_reported(refs, model, tmp_path, file_id, message):
+    data = open(refs.files[file_id], "rb").read()
+    path = tmp_path / os.path.basename(refs.files[file_id])
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=message):
+        load_weights(model, str(path))
+
+
+def test_unknown_files(refs, model, tmp_path):
     noise = tmp_path / "noise.bin"
     noise.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(CheckpointError, match="unknown or corrupt checkpoint file; supported"):
@@ -285,22 +296,6 @@ def test_corrupt_and_unknown_files(refs, model, tmp_path):
         load_weights(model, other)
     with pytest.raises(FileNotFoundError):
         load_weights(model, str(tmp_path / "absent.pth"))
-
-
-def test_corrupt_torch_file(refs, model, tmp_path):
-    data = open(refs.files["hf-bin"], "rb").read()
-    path = tmp_path / "truncated.bin"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cannot read this PyTorch file"):
-        load_weights(model, str(path))
-
-
-def test_corrupt_keras_file(refs, model, tmp_path):
-    data = open(refs.files["keras-applications-h5"], "rb").read()
-    path = tmp_path / "truncated.h5"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cannot read this HDF5 file"):
-        load_weights(model, str(path))
 
 
 def test_pickled_python_objects_are_not_unpickled(refs, model, tmp_path):
