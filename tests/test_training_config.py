@@ -1,0 +1,77 @@
+"""training.config: defaults, the digits preset, YAML/JSON files, flag precedence, validation."""
+
+import json
+
+import pytest
+
+from training.config import PRESETS, Config, ConfigError, make_config, parse_args
+
+
+def test_defaults_are_the_papers_recipe():
+    c = make_config({}, {"dataset": "folder:/data"})
+    assert (c.model, c.image_size, c.epochs, c.weight_decay) == ("tiny", 224, 300, 0.05)
+    assert (c.mixup, c.cutmix, c.random_erasing, c.label_smoothing) == (0.8, 1.0, 0.25, 0.1)
+    assert (c.rand_augment_ops, c.ema, c.ema_decay, c.layer_decay) == (2, True, None, 1.0)
+    assert c.crop_scale == (0.08, 1.0) and c.crop_pct == 0.875 and c.hflip
+
+
+def test_digits_preset_applies_only_to_digits():
+    digits = parse_args(["--dataset", "digits"])
+    assert (digits.model, digits.image_size, digits.hflip) == ("atto", 32, False)
+    assert digits.epochs == PRESETS["digits"]["epochs"]
+    assert parse_args(["--dataset", "folder:/x"]).model == Config.model
+
+
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_config_file_then_flags_override(tmp_path, suffix):
+    values = {"epochs": 7, "lr": 0.01, "model": "femto", "crop_scale": [0.5, 1.0],
+              "ema": False, "mixed-precision": "bf16"}
+    path = tmp_path / f"c.{suffix}"
+    if suffix == "json":
+        path.write_text(json.dumps(values))
+    else:
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
+    c = parse_args(["--config", str(path), "--epochs", "3", "--crop-scale", "0.2", "0.9"])
+    assert (c.epochs, c.lr, c.model, c.ema, c.mixed_precision) == (3, 0.01, "femto", False, "bf16")
+    assert c.crop_scale == (0.2, 0.9)
+    # A file value beats the digits preset, a flag beats both.
+    c = parse_args(["--config", str(path), "--dataset", "digits", "--no-ema"])
+    assert c.model == "femto" and c.image_size == 32 and c.ema is False
+
+
+def test_flags_cover_the_issue_names():
+    c = parse_args(["--dataset", "tfds:mnist:train", "--data-dir", "/d", "--model", "nano",
+                    "--image-size", "64", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+                    "--mixed-precision", "fp16", "--strategy", "mirrored", "--output", "o"])
+    assert (c.dataset, c.data_dir, c.model, c.image_size, c.batch_size, c.strategy) == (
+        "tfds:mnist:train", "/d", "nano", 64, 16, "mirrored")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--model", "gigantic"], "unknown model 'gigantic'"),
+    (["--lr", "-1"], "lr=-1.0"),
+    (["--lr", "fast"], "lr='fast' is not a valid float"),
+    (["--epochs", "0"], "epochs=0"),
+    (["--mixup-prob", "1.5"], "mixup_prob=1.5"),
+    (["--strategy", "horovod"], "strategy='horovod'"),
+    (["--mixed-precision", "int8"], "mixed_precision='int8'"),
+    (["--dataset", "imagenet"], "dataset='imagenet'"),
+    (["--image-size", "16"], "image_size=16"),
+    (["--depths", "1", "1", "1", "1"], "depths and dims must be given together"),
+    (["--weights", "/no/such/file.keras"], "weights not found"),
+])
+def test_bad_values_name_the_key_in_one_line(flags, words):
+    with pytest.raises(ConfigError) as info:
+        parse_args(flags)
+    message = str(info.value)
+    assert words in message and "\n" not in message
+
+
+def test_bad_config_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("epochs: [unclosed\n")
+    (tmp_path / "b.json").write_text(json.dumps({"epochz": 3}))
+    (tmp_path / "c.json").write_text(json.dumps({"batch_size": 2.5}))
+    for name, words in (("a.yaml", "cannot parse config file"), ("b.json", "unknown config key"),
+                        ("c.json", "batch_size=2.5"), ("missing.json", "not found")):
+        with pytest.raises(ConfigError, match=words):
+            parse_args(["--config", str(tmp_path / name)])

@@ -1,0 +1,178 @@
+"""training.data and training.augment: the sources, the transforms and the Keras augmentation
+layers inside tf.data (on every backend: the pipeline feeds all three)."""
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import run_once_across_backends
+from training import augment, data
+from training.config import make_config
+
+
+def _config(**values):
+    return make_config({}, {"dataset": "digits", **values})
+
+
+def _png(array, fmt="PNG"):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _write_folder(root, classes=3, per_class=4, size=(20, 24)):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+            (root / f"class_{c}" / f"{i}.{ext}").write_bytes(_png(image, fmt))
+
+
+def test_digits_come_from_the_package_file_not_sklearn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # importing sklearn would now fail
+    images, labels = data.load_digits_arrays()
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8 and images.max() == 16
+    assert sorted(np.unique(labels)) == list(range(10))
+    train, val = data.digits_split(labels)
+    assert len(train) + len(val) == 1797 and not set(train) & set(val) and len(val) == 359
+    assert np.array_equal(val, data.digits_split(labels)[1])  # fixed
+    for c in range(10):  # stratified: 20 % of every class
+        assert abs(np.sum(labels[val] == c) - 0.2 * np.sum(labels == c)) <= 0.5
+    source = data.load(_config())
+    assert (source.num_classes, source.num_train, source.num_val) == (10, 1438, 359)
+    image, label = next(iter(source.train))
+    assert image.shape == (8, 8, 3) and image.dtype == tf.uint8
+
+
+def test_eval_transform_resizes_short_side_and_center_crops():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = 255  # right half white: the center crop straddles the edge
+    out = data.eval_transform(tf.constant(image), 32, 0.8).numpy()  # short side -> 40, crop 32
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    assert out[:, :14].max() < 1 and out[:, 18:].min() > 254
+    same = data.eval_transform(tf.constant(image[:32, 14:46]), 32, 1.0).numpy()
+    np.testing.assert_allclose(same, image[:32, 14:46], atol=1e-3)
+
+
+def test_train_pipeline_batches_augmented_images_and_soft_labels():
+    config = _config(mixup=0.8, cutmix=1.0, mixup_prob=1.0, random_erasing=0.5,
+                     rand_augment_ops=2, rand_augment_factor=0.5, hflip=True)
+    source = data.load(config)
+    ds = data.train_pipeline(source, config, 16, augment.image_augment(config),
+                             augment.batch_augment(config))
+    batches = list(ds.take(3).as_numpy_iterator())
+    for images, labels in batches:
+        assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
+        assert 0 <= images.min() and images.max() <= 255
+        np.testing.assert_allclose(labels.sum(-1), 1.0, rtol=1e-5)
+    soft = np.concatenate([labels for _, labels in batches]).max(-1) < 0.999
+    assert soft.mean() > 0.5  # most rows are mixed targets
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_mix_pairs_of_the_batch(kind):
+    config = _config(mixup=0.8 if kind == "mixup" else 0.0, cutmix=1.0 if kind == "cutmix" else 0,
+                     random_erasing=0.0, mixup_prob=1.0)
+    images = tf.constant(np.stack([np.full((32, 32, 3), 10.0 * i) for i in range(8)]), tf.float32)
+    labels = tf.one_hot(tf.range(8) % 4, 4)
+    out_images, out_labels = augment.batch_augment(config)(images, labels)
+    out_labels = out_labels.numpy()
+    np.testing.assert_allclose(out_labels.sum(-1), 1.0, rtol=1e-5)
+    if kind == "cutmix":  # pixels come from exactly one of the original images
+        values = np.unique(out_images.numpy())
+        assert set(values) <= {10.0 * i for i in range(8)} and len(values) > 8 / 4
+
+
+def test_random_erasing_probability_and_randaugment_range():
+    config = _config(random_erasing=1.0, mixup=0.0, cutmix=0.0, rand_augment_ops=2,
+                     rand_augment_factor=0.5)
+    images = tf.fill((8, 32, 32, 3), 128.0)
+    erased, _ = augment.batch_augment(config)(images, tf.one_hot(tf.range(8), 8))
+    changed = np.any(erased.numpy() != 128.0, axis=(1, 2, 3))
+    assert changed.all()
+    assert augment.batch_augment(_config(random_erasing=0.0, mixup=0.0, cutmix=0.0)) is None
+    rand = augment.image_augment(config)
+    out = rand(tf.constant(np.random.default_rng(0).integers(0, 255, (32, 32, 3)), tf.float32))
+    assert out.shape == (32, 32, 3) and 0 <= float(tf.reduce_min(out)) <= float(
+        tf.reduce_max(out)) <= 255
+    assert augment.image_augment(_config(rand_augment_ops=0)) is None
+
+
+@run_once_across_backends()
+def test_folder_source_split_and_errors(tmp_path):
+    _write_folder(tmp_path / "flat", per_class=5)
+    source = data.load(_config(dataset=f"folder:{tmp_path / 'flat'}", val_split=0.2))
+    assert (source.num_classes, source.num_train, source.num_val) == (3, 12, 3)
+    labels = sorted(int(y) for _, y in source.val)
+    assert labels == [0, 1, 2]  # one held out per class
+    for image, _ in source.train.take(3):
+        assert image.shape == (20, 24, 3) and image.dtype == tf.uint8
+
+    _write_folder(tmp_path / "split" / "train")
+    _write_folder(tmp_path / "split" / "val", per_class=2)
+    source = data.load(_config(dataset=f"folder:{tmp_path / 'split'}"))
+    assert (source.num_train, source.num_val) == (12, 6)
+
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir()
+    for spec, words in ((f"folder:{tmp_path / 'empty'}", "no images found"),
+                        (f"folder:{tmp_path / 'nowhere'}", "dataset folder not found")):
+        with pytest.raises(data.DataError, match=words):
+            data.load(_config(dataset=spec))
+
+    bad = tmp_path / "flat" / "class_1" / "9.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    assert data.find_unreadable(sorted(map(str, (tmp_path / "flat").rglob("*.*"))))[0] == str(bad)
+
+
+@run_once_across_backends()
+def test_tfrecord_source(tmp_path):
+    rng = np.random.default_rng(0)
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard}.tfrecord")) as writer:
+            for i in range(10):
+                image = _png(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+                example = tf.train.Example(features=tf.train.Features(feature={
+                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                    "image/class/label": tf.train.Feature(
+                        int64_list=tf.train.Int64List(value=[1 + (i % 4)])),
+                }))
+                writer.write(example.SerializeToString())
+    config = _config(dataset=f"tfrecord:{tmp_path}/train-*.tfrecord", label_offset=1,
+                     val_split=0.25)
+    source = data.load(config)
+    assert (source.num_classes, source.num_train, source.num_val) == (4, 15, 5)
+    assert sum(1 for _ in source.train) == 15 and sum(1 for _ in source.val) == 5
+    image, label = next(iter(source.train))
+    assert image.shape == (16, 16, 3) and 0 <= int(label) < 4
+    with pytest.raises(data.DataError, match="no files match"):
+        data.load(_config(dataset=f"tfrecord:{tmp_path}/none-*"))
+
+
+@run_once_across_backends()
+def test_tfds_source_from_a_prepared_data_dir(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    images = np.random.default_rng(0).integers(0, 255, (9, 12, 12, 1), dtype=np.uint8)
+
+    def split(n):
+        return tf.data.Dataset.from_tensor_slices({"image": images[:n], "label": np.arange(n) % 3})
+
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="tiny_gray", version="1.0.0", data_dir=str(tmp_path),
+        split_datasets={"train": split(9), "test": split(6)},
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 1)),
+            "label": tfds.features.ClassLabel(num_classes=3)}),
+    )
+    source = data.load(_config(dataset="tfds:tiny_gray", data_dir=str(tmp_path)))
+    assert (source.num_classes, source.num_train, source.num_val) == (3, 9, 6)
+    image, _ = next(iter(source.train))
+    assert image.shape == (12, 12, 3) and image.dtype == tf.uint8  # grayscale -> RGB
+    with pytest.raises(data.DataError, match="tfds"):
+        data.load(_config(dataset="tfds:not_a_dataset_here", data_dir=str(tmp_path)))
