@@ -18,6 +18,8 @@ Layer names are stable and documented (they are what checkpoint converters and u
 So "stage 2, block 5, depthwise conv" is ``model.get_layer("stage_2_block_5").dwconv``.
 """
 
+import os
+
 import keras
 
 from keras_convnext.layers import (
@@ -67,7 +69,7 @@ def _validate_arguments(
         raise ValueError(
             f"layer_scale_init_value must be None or >= 0, got {layer_scale_init_value}"
         )
-    if weights is not None and not isinstance(weights, str):
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
 
 
@@ -130,6 +132,7 @@ def ConvNeXt(
     layer_scale_init_value=1e-6,
     kernel_size=7,
     seed=None,
+    skip_mismatched_head=False,
     name=None,
 ):
     """Builds a ConvNeXt of any depths and widths as a functional Keras model.
@@ -151,6 +154,8 @@ def ConvNeXt(
         layer_scale_init_value: LayerScale init (1e-6); None or 0 builds blocks without it.
         kernel_size: depthwise kernel size (7 in ConvNeXt).
         seed: seed of the stochastic depth layers' random generators.
+        skip_mismatched_head: with ``weights``, keep a freshly initialized classifier (with a
+            warning) when the checkpoint's head does not fit ``classes``: for fine-tuning.
 
     Returns:
         A ``keras.Model``. Use ``keras_convnext.feature_extractor(model)`` for the four stage
@@ -213,7 +218,7 @@ def ConvNeXt(
     if weights is not None:
         from keras_convnext.weights import load_weights
 
-        load_weights(model, weights)
+        load_weights(model, weights, skip_mismatched_head=skip_mismatched_head)
     return model
 
 

@@ -147,6 +147,15 @@ def test_other_classes_fail_unless_a_fresh_head_is_asked_for(refs):
     assert R.relative_error(_np(features), refs.hf_features) < TOLERANCE
 
 
+def test_the_builder_fine_tuning_path_takes_a_fresh_head(refs):
+    with pytest.raises(CheckpointError, match="skip_mism"):
+        _ours(classes=7, weights=refs.files["hf-safetensors"])
+    with pytest.warns(UserWarning, match="freshly initialized predictions/kernel"):
+        ours = _ours(classes=7, weights=refs.files["hf-safetensors"], skip_mismatched_head=True)
+    features = keras_convnext.feature_extractor(ours)(refs.images)["stage_3"]
+    assert R.relative_error(_np(features), refs.hf_features) < TOLERANCE
+
+
 def test_headless_file_into_model_with_head(refs):
     ours = _ours(include_preprocessing=True)
     with pytest.raises(CheckpointError, match="no classifier head"):

@@ -85,17 +85,17 @@ def model_builder(config, num_classes):
 
 
 def read_pretrained(path):
-    """``(kind, payload)``: a ``.keras`` model or run folder -> {path: array}; ``.weights.h5``
-    -> the file (loaded by keras_convnext.load_weights, same architecture only)."""
+    """``(kind, payload)``: a ``.keras`` model or run folder -> {path: array}; any checkpoint
+    file keras_convnext reads (.weights.h5, official/timm .pth, safetensors, HF, keras.applications
+    .h5) -> the path, loaded by ``keras_convnext.load_weights`` with a fresh head if classes differ."""
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
         if not os.path.isfile(path):
             raise ConfigError(f"weights folder has no model.keras: {os.path.dirname(path)}")
-    if path.endswith(".weights.h5"):
-        return "h5", path
     if not path.endswith(".keras"):
-        raise ConfigError(
-            f"weights must be a .keras file, a .weights.h5 file or a run folder: {path}")
+        if not os.path.isfile(path):
+            raise ConfigError(f"weights file not found: {path}")
+        return "checkpoint", path
     try:
         source = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001
@@ -106,9 +106,9 @@ def read_pretrained(path):
 
 def load_pretrained(model, pretrained, log):
     kind, payload = pretrained
-    if kind == "h5":
+    if kind == "checkpoint":
         try:
-            keras_convnext.load_weights(model, payload)
+            keras_convnext.load_weights(model, payload, skip_mismatched_head=True)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"cannot load weights {payload}: {data.first_line(e)}") from None
         log(f"Fine-tuning from {payload}")
