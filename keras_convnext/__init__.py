@@ -24,5 +24,7 @@ from keras_convnext.variants import (
     get_variant,
 )
 from keras_convnext.weights import load_weights
+from keras_convnext.flops import count_flops, flops_per_stage, params_per_stage
+from keras_convnext import roadmap
 
 __version__ = "0.1.0"
