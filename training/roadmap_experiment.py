@@ -1,0 +1,237 @@
+"""``python -m training.roadmap_experiment``: train steps of the paper's roadmap on your data.
+
+    python -m training.roadmap_experiment --steps resnet50,patchify_stem,separate_downsampling \\
+        --dataset digits --epochs 10 --output runs/roadmap
+    python -m training.roadmap_experiment --steps all --dataset folder:/data/flowers \\
+        --image-size 128 --depths 1 1 3 1 --width-divisor 4 --epochs 30 --output runs/roadmap
+
+Every step (``keras_convnext.roadmap.STEPS``) is trained from scratch with the same recipe, data,
+augmentation and seed as ``python -m training.train`` (every training flag applies: the config,
+data pipeline, optimizer and loss are the training program's own), so the steps differ only by
+their architecture, as in the paper's Figure 2. ``--depths`` and ``--width-divisor`` shrink every
+step alike, for a quick run on a CPU.
+
+Writes into ``--output``: ``results.csv`` and ``results.json`` (per step: parameters, GFLOPs at the
+run's image size, final and best validation accuracy, seconds; the json adds the per-epoch
+history) and ``roadmap_experiment.png`` (validation accuracy and GFLOPs per step), and prints the
+table. The paper's ImageNet figures are in ``python -m keras_convnext.roadmap``.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+
+from keras_convnext import count_flops, roadmap  # noqa: E402
+from training import augment, data, recipe, strategy  # noqa: E402
+from training.config import ConfigError, build_parser, load_file, make_config  # noqa: E402
+from training.data import DataError  # noqa: E402
+from training.train import EmaEvaluation, NanGuard  # noqa: E402
+
+RESULT_COLUMNS = ("step", "params", "gflops", "val_accuracy", "best_val_accuracy", "seconds")
+
+
+@dataclasses.dataclass
+class Experiment:
+    steps: tuple
+    width_divisor: int
+    config: object  # training.config.Config
+
+
+def parse_args(argv=None):
+    """The training program's flags plus ``--steps`` and ``--width-divisor``."""
+    parser = build_parser()
+    parser.prog = "python -m training.roadmap_experiment"
+    parser.description = "Train roadmap steps (ResNet-50 -> ConvNeXt-T) with one recipe."
+    parser.add_argument("--steps", required=True,
+                        help=f"comma-separated steps, or 'all' ({', '.join(roadmap.STEPS)})")
+    parser.add_argument("--width-divisor", type=int, default=1,
+                        help="divide every step's widths by this (default: 1, the paper's)")
+    args = vars(parser.parse_args(argv))
+    steps = args.pop("steps")
+    divisor = args.pop("width_divisor")
+    config_file = args.pop("config")
+    flags = {k: v for k, v in args.items() if v is not None}
+    for key in ("dims", "weights", "model"):
+        if key in flags:
+            raise ConfigError(f"--{key} does not apply: each roadmap step defines its model")
+    file_values = load_file(config_file) if config_file else {}
+    depths = flags.pop("depths", file_values.pop("depths", None))
+    config = make_config(file_values, flags)
+    if depths is not None:
+        # validated as a custom ConvNeXt's would be, with the first step's widths
+        config = dataclasses.replace(config, depths=tuple(int(d) for d in depths))
+        if len(config.depths) != 4 or min(config.depths) < 1:
+            raise ConfigError(f"bad config value: depths={list(config.depths)} (need 4 >= 1)")
+    names = roadmap.STEPS if steps.strip() == "all" else tuple(
+        s.strip() for s in steps.split(",") if s.strip())
+    for name in names:
+        if name not in roadmap.STEPS:
+            raise ConfigError(
+                f"unknown roadmap step {name!r}; choose from {', '.join(roadmap.STEPS)}")
+    if divisor < 1:
+        raise ConfigError(f"bad config value: width_divisor={divisor} (must be >= 1)")
+    return Experiment(names, divisor, config)
+
+
+def build_step(step, config, num_classes, width_divisor=1):
+    """The model of ``step`` for this run (its depths/width overrides applied)."""
+    overrides = {}
+    if config.depths is not None:
+        overrides["depths"] = config.depths
+    if width_divisor > 1:
+        step_config = roadmap.get_config(step)
+        overrides["widths"] = tuple(max(1, w // width_divisor) for w in step_config.widths)
+        overrides["stem_width"] = max(1, step_config.stem_width // width_divisor)
+    return roadmap.build(
+        step,
+        input_shape=(config.image_size, config.image_size, 3),
+        classes=num_classes,
+        drop_path_rate=config.drop_path or 0.0,
+        layer_scale_init_value=config.layer_scale_init or None,
+        seed=config.seed,
+        **overrides,
+    )
+
+
+def train_step(step, experiment, runtime, source, log=print):
+    """Trains one roadmap step from scratch; returns its result row (and history)."""
+    config = experiment.config
+    start = time.time()
+    keras.utils.set_random_seed(config.seed)  # the same initial randomness for every step
+    global_batch = config.batch_size * runtime.num_replicas
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = config.steps_per_epoch
+    elif source.num_train is None:
+        raise DataError("the training set size is unknown: set steps_per_epoch")
+    else:
+        steps_per_epoch = max(1, source.num_train // global_batch)
+    peak_lr = config.lr if config.lr is not None else recipe.default_lr(config.batch_size)
+    peak_lr *= runtime.num_replicas
+    warmup_epochs = min(config.epochs, config.warmup_epochs if config.warmup_epochs is not None
+                        else recipe.default_warmup_epochs(config.epochs))
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+
+    train_ds = data.train_pipeline(source, config, global_batch, augment.image_augment(config),
+                                   augment.batch_augment(config))
+    val_ds = data.eval_pipeline(source, config, global_batch)
+    with runtime.scope():
+        model = build_step(step, config, source.num_classes, experiment.width_divisor)
+        depths = config.depths or roadmap.get_config(step).depths
+        optimizer = recipe.make_optimizer(
+            model, config, depths, peak_lr, total_steps, warmup_steps,
+            recipe.ema_decay_for(total_steps, config.ema_decay),
+        )
+        model.compile(optimizer=optimizer, loss=recipe.make_loss(config), metrics=["accuracy"],
+                      jit_compile="auto" if config.jit_compile is None else config.jit_compile)
+    strategy.adapt_model(runtime, model)
+    gflops = count_flops(model) / 1e9
+    log(f"{step}: {model.count_params():,} parameters, {gflops:.4f} GFLOPs at "
+        f"{config.image_size} px")
+
+    nan_guard = NanGuard()
+    callbacks = [nan_guard] + ([EmaEvaluation()] if config.ema else [])
+    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=val_ds, validation_steps=config.validation_steps,
+                        callbacks=callbacks, verbose=verbose, shuffle=False).history
+    accuracy = history.get("val_accuracy") or [math.nan]
+    if nan_guard.where is not None:
+        log(f"{step}: loss became NaN at epoch {nan_guard.where[0]}, step {nan_guard.where[1]}")
+        accuracy = [math.nan]
+    row = {
+        "step": step,
+        "params": model.count_params(),
+        "gflops": gflops,
+        "val_accuracy": float(accuracy[-1]),
+        "best_val_accuracy": float(max(accuracy)),
+        "seconds": time.time() - start,
+    }
+    del model
+    keras.backend.clear_session()
+    return row, {k: [float(v) for v in values] for k, values in history.items()}
+
+
+def write_results(output, rows, histories):
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump([{**row, "history": histories[row["step"]]} for row in rows], f, indent=1)
+
+
+def plot(rows, path):
+    """Validation accuracy (bars) and GFLOPs (line) per trained step, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 3), 4.5))
+    ax.bar(positions, [100 * r["val_accuracy"] for r in rows], color="tab:blue")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_xticks(positions)
+    ax.set_xticklabels([r["step"] for r in rows], rotation=45, ha="right")
+    flops = ax.twinx()
+    flops.plot(positions, [r["gflops"] for r in rows], "o-", color="tab:orange")
+    flops.set_ylabel("GFLOPs", color="tab:orange")
+    ax.set_title("Roadmap steps, one recipe")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def format_results(rows):
+    lines = [f"{'step':<22} {'params':>12} {'GFLOPs':>8} {'val acc':>8} {'best':>8} {'time':>7}"]
+    for r in rows:
+        lines.append(f"{r['step']:<22} {r['params']:>12,} {r['gflops']:>8.4f} "
+                     f"{r['val_accuracy']:>8.4f} {r['best_val_accuracy']:>8.4f} "
+                     f"{r['seconds']:>6.0f}s")
+    return "\n".join(lines)
+
+
+def run(experiment, log=print):
+    """Trains every step of ``experiment`` in order; returns the result rows."""
+    config = experiment.config
+    runtime = strategy.select(config.strategy, config.cpu_devices)
+    source = data.load(config)
+    log(f"Data: {source.description}; steps: {', '.join(experiment.steps)}")
+    rows, histories = [], {}
+    for step in experiment.steps:
+        row, history = train_step(step, experiment, runtime, source, log)
+        rows.append(row)
+        histories[step] = history
+        write_results(config.output, rows, histories)  # after every step: a long run keeps its part
+    plot(rows, os.path.join(config.output, "roadmap_experiment.png"))
+    return rows
+
+
+def main(argv=None):
+    """The CLI; returns the exit status (0 done, 2 bad configuration or data)."""
+    try:
+        experiment = parse_args(argv)
+        rows = run(experiment)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_results(rows))
+    print(f"Results in {experiment.config.output}: results.csv, results.json, "
+          "roadmap_experiment.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
