@@ -4,11 +4,171 @@ Layers ask this module for an op or layer instead of testing ``keras.backend.bac
 themselves. Every fast path registered here must give the same numbers as the plain Keras
 layer (tests/test_dispatch.py checks this on every backend) and keep the same weights and
 serialized form, so checkpoints and ``.keras`` files do not depend on the backend.
+
+The layers here are Keras' own (same variables, same config; registered under
+``keras_convnext>``) whose ``call`` picks, at call time, the fastest op of the running backend:
+
+===================  ============================================================================
+layer                fast path
+===================  ============================================================================
+``DepthwiseConv2D``  jax: shifted-slice sum with a custom gradient (``fast.jax_ops``); XLA's
+                     CPU grouped convolution does ``channels`` times the work.
+                     torch: ``conv2d`` on the caller's channels_last memory, bias fused, no layout
+                     copies (``fast.torch_ops``). tensorflow: Keras' op
+                     (``tf.nn.depthwise_conv2d``), already the fastest there.
+``Dense``            torch: one ``F.linear`` (bias inside the GEMM); with exact GELU as activation,
+                     the GELU fused into the GEMM at inference (oneDNN post-op).
+``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
+===================  ============================================================================
+
+Anything a fast path does not cover (strides, dilations, depth multipliers, other activations,
+LoRA, quantization) takes Keras' own op. Fast paths can be switched off, e.g. to compare numbers,
+with ``set_fast_paths(False)``, the ``fast_paths(False)`` context manager, or the environment
+variable ``KERAS_CONVNEXT_FAST_PATHS=0``. On JAX and TensorFlow the switch is read when a function
+is traced, so it applies to functions traced afterwards.
 """
 
+import contextlib
+import os
+
 import keras
+from keras import ops
+
+PACKAGE = "keras_convnext"
+
+_enabled = os.environ.get("KERAS_CONVNEXT_FAST_PATHS", "1").strip().lower() not in (
+    "0", "false", "no", "off"
+)
+
+
+def fast_paths_enabled():
+    """Whether layers from this module use their backend-specific fast paths."""
+    return _enabled
+
+
+def set_fast_paths(enabled):
+    """Turns the backend-specific fast paths on or off (process-wide); returns the old value."""
+    global _enabled
+    old, _enabled = _enabled, bool(enabled)
+    return old
+
+
+@contextlib.contextmanager
+def fast_paths(enabled):
+    """``with fast_paths(False): ...`` runs (and, on JAX, traces) with plain Keras ops."""
+    old = set_fast_paths(enabled)
+    try:
+        yield
+    finally:
+        set_fast_paths(old)
+
+
+def _fast_depthwise(layer, inputs):
+    """The backend's fast depthwise conv (with bias), or None when there is none for ``layer``."""
+    if not _enabled or layer.activation not in (None, keras.activations.linear):
+        return None
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from keras_convnext.fast import jax_ops as impl
+    elif backend == "torch":
+        from keras_convnext.fast import torch_ops as impl
+    else:
+        return None
+    if not impl.supported(layer.strides, layer.dilation_rate, layer.depth_multiplier):
+        return None
+    kernel = ops.cast(layer.kernel, inputs.dtype)
+    bias = ops.cast(layer.bias, inputs.dtype) if layer.use_bias else None
+    if backend == "torch":
+        return impl.depthwise_conv2d(inputs, kernel, bias, layer.padding, layer.data_format)
+    outputs = impl.depthwise_conv2d(inputs, kernel, layer.padding, layer.data_format)
+    if bias is not None:
+        shape = (1, -1, 1, 1) if layer.data_format == "channels_first" else (-1,)
+        outputs = outputs + ops.reshape(bias, shape)
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` that runs the backend's fastest depthwise op.
+
+    Same arguments, variables (``kernel`` (kh, kw, C, depth_multiplier), ``bias``) and config as
+    the Keras layer, so weights and ``.keras`` files are interchangeable between backends and
+    with the plain layer; only ``call`` differs (see the module docstring).
+    """
+
+    def call(self, inputs):
+        outputs = _fast_depthwise(self, inputs)
+        if outputs is None:
+            return super().call(inputs)
+        return outputs
+
+
+_GELU = keras.activations.gelu  # what Dense(activation="gelu") holds; exact (approximate=False)
+
+
+def _is_exact_gelu(activation):
+    return activation is _GELU
+
+
+def _plain_linear_layer(layer, allow_gelu=False):
+    """True when ``layer`` computes exactly ``op(inputs, kernel) + bias`` (no activation, except
+    exact GELU where ``allow_gelu``; no LoRA or quantization): all the fast paths implement."""
+    return (
+        _enabled
+        and keras.backend.backend() == "torch"
+        and (layer.activation in (None, keras.activations.linear)
+             or (allow_gelu and _is_exact_gelu(layer.activation)))
+        and not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+    )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Dense(keras.layers.Dense):
+    """``keras.layers.Dense`` (same variables and config); on torch one fused ``F.linear``
+    (bias added inside the GEMM) instead of a matmul and a separate bias pass, and with
+    ``activation="gelu"`` (exact) the GELU fused into the GEMM at inference."""
+
+    def call(self, inputs, training=None):
+        if not _plain_linear_layer(self, allow_gelu=True):
+            return super().call(inputs, training=training)
+        from keras_convnext.fast import torch_ops
+
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
+        return torch_ops.dense(inputs, kernel, bias, gelu=_is_exact_gelu(self.activation))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` (same variables and config); on torch, ``conv2d`` on the caller's
+    channels_last memory with the bias fused (no layout copies), as for ``DepthwiseConv2D``."""
+
+    def call(self, inputs):
+        if not _plain_linear_layer(self):
+            return super().call(inputs)
+        from keras_convnext.fast import torch_ops
+
+        if not torch_ops.conv2d_supported(
+                self.strides, self.padding, self.dilation_rate, self.groups):
+            return super().call(inputs)
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
+        return torch_ops.conv2d(
+            inputs, kernel, bias, self.strides, self.padding, self.data_format)
+
+
+def dense_layer(units, **kwargs):
+    """The 1x1 convs of ConvNeXt blocks (``pwconv1``, ``pwconv2``) and any Dense: weights
+    ``kernel`` (in, out), ``bias`` (out,)."""
+    return Dense(units, **kwargs)
+
+
+def conv_layer(filters, kernel_size, **kwargs):
+    """The stem and downsampling convs: weights ``kernel`` (k, k, in, out), ``bias`` (out,)."""
+    return Conv2D(filters, kernel_size, **kwargs)
 
 
 def depthwise_conv_layer(**kwargs):
-    """The depthwise conv used by ConvNeXt blocks (weights: ``kernel`` (k, k, C, 1), ``bias`` (C,))."""
-    return keras.layers.DepthwiseConv2D(**kwargs)
+    """The depthwise conv of ConvNeXt blocks (weights ``kernel`` (k, k, C, 1), ``bias`` (C,))."""
+    return DepthwiseConv2D(**kwargs)

@@ -1,0 +1,529 @@
+"""Speed of keras_convnext beside keras.applications (and timm), on the current Keras backend.
+
+    KERAS_BACKEND=jax python benchmarks/bench.py                  # one backend
+    python benchmarks/bench.py --backends tensorflow,jax,torch    # each in its own process
+    python benchmarks/bench.py --json out.json --bf16 --data       # + bf16 mode, input pipeline
+
+What is timed, per model, as users call it:
+
+* inference: ``model.predict_on_batch(images)`` (numpy in, numpy out; timm: ``model(x)`` under
+  ``torch.inference_mode()``);
+* train step: ``model.train_on_batch(images, labels)`` after ``compile(AdamW,
+  sparse_categorical_crossentropy)`` with Keras' default ``jit_compile`` (timm: forward,
+  cross-entropy, backward, ``torch.optim.AdamW.step``, channels_last memory);
+* with ``--data``: images/s of the training input pipeline (``training.data.train_pipeline`` with
+  the recipe's augmentations, on JPEGs written to a temporary folder).
+
+The models are measured interleaved in one process (round r runs A B C, round r+1 runs C B A), so
+a busy machine slows all of them alike; the first call (tracing/compiling) is reported apart, then
+``--warmup`` rounds are dropped and the median of ``--steps`` rounds is kept. Ratios are ours
+over the others, in images/s. Timings live here, never in the tests.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+KERAS_APPLICATIONS = {
+    "tiny": "ConvNeXtTiny",
+    "small": "ConvNeXtSmall",
+    "base": "ConvNeXtBase",
+    "large": "ConvNeXtLarge",
+    "xlarge": "ConvNeXtXLarge",
+}
+ALL_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+# ------------------------------------------------------------------------------ machine facts
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+def import_timm():
+    """timm, or None. timm imports torchvision; a torchvision wheel whose native ops cannot load
+    on this torch (a CUDA build beside CPU torch) fails only in its fake-op registrations, which
+    timm does not use, so those are skipped."""
+    try:
+        import timm  # noqa: F401
+        return timm
+    except ImportError:
+        return None
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "timm" or m.startswith(("timm.", "torchvision"))]:
+            del sys.modules[name]
+        import types
+
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+            "torchvision._meta_registrations")
+        try:
+            import timm
+            return timm
+        except Exception:  # noqa: BLE001 - any failure means "not importable"
+            return None
+
+
+class Entry:
+    """One model under test: how to call it for inference and for a training step."""
+
+    def __init__(self, name, infer, train=None, context=None):
+        self.name = name
+        self.infer = infer
+        self.train = train
+        self.context = context or contextlib.nullcontext
+
+
+def keras_entries(args, names):
+    import keras
+
+    import keras_convnext
+    from keras_convnext import dispatch
+
+    shape = (args.size, args.size, 3)
+    entries = []
+
+    def compiled(model):
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05),
+            loss="sparse_categorical_crossentropy",
+        )
+        return model
+
+    def entry(name, model, context=None):
+        compiled(model)
+        return Entry(name, model.predict_on_batch, model.train_on_batch, context)
+
+    if "ours" in names:
+        entries.append(entry("ours", keras_convnext.build(args.variant, input_shape=shape)))
+    if "ours_plain" in names:
+        # Fast paths off: read at trace time on JAX/TF, at every call on torch.
+        with dispatch.fast_paths(False):
+            model = keras_convnext.build(args.variant, input_shape=shape)
+        entries.append(entry("ours_plain", model, lambda: dispatch.fast_paths(False)))
+    if "keras" in names and args.variant in KERAS_APPLICATIONS:
+        constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
+        entries.append(entry("keras", constructor(weights=None, input_shape=shape)))
+    if "ours_bf16" in names:
+        model = bf16_model(args)
+        entries.append(Entry("ours_bf16", model.predict_on_batch))
+    return entries
+
+
+def bf16_model(args, source=None, classifier_activation="softmax"):
+    """keras_convnext under the "mixed_bfloat16" policy (bfloat16 compute, float32 variables and
+    classifier), with ``source``'s weights when given."""
+    import keras
+
+    import keras_convnext
+
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = keras_convnext.build(
+            args.variant, input_shape=(args.size, args.size, 3),
+            classifier_activation=classifier_activation)
+    finally:
+        keras.config.set_dtype_policy(old)
+    if source is not None:
+        model.set_weights(source.get_weights())
+    return model
+
+
+def timm_entry(args):
+    import numpy as np
+    import torch
+
+    timm = import_timm()
+    if timm is None:
+        return None
+    name = f"convnext_{args.variant}"
+    infer_model = timm.create_model(name).eval()
+    train_model = timm.create_model(name).train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def to_nchw(images):
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+    def infer(images):
+        with torch.inference_mode():
+            return infer_model(to_nchw(images)).numpy()
+
+    def train(images, labels):
+        x = to_nchw(images).contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(train_model(x), torch.from_numpy(labels).long())
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return Entry("timm", infer, train)
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+def interleaved(entries, call, rounds, warmup):
+    """Times ``call(entry)`` for every entry, alternating the order each round.
+
+    Returns {name: {"first_s", "times_s", "median_s"}}; the first call of each entry is timed
+    alone (it traces and compiles), then ``warmup`` rounds are dropped.
+    """
+    out = {e.name: {"first_s": None, "times_s": []} for e in entries}
+    for e in entries:
+        with e.context():
+            start = time.perf_counter()
+            call(e)
+            out[e.name]["first_s"] = round(time.perf_counter() - start, 3)
+    for r in range(warmup + rounds):
+        order = entries if r % 2 == 0 else entries[::-1]
+        for e in order:
+            with e.context():
+                start = time.perf_counter()
+                call(e)
+                elapsed = time.perf_counter() - start
+            if r >= warmup:
+                out[e.name]["times_s"].append(round(elapsed, 5))
+    for name, rec in out.items():
+        rec["median_s"] = statistics.median(rec["times_s"])
+    return out
+
+
+def add_throughput(results, batch):
+    for rec in results.values():
+        rec["img_s"] = round(batch / rec["median_s"], 3)
+
+
+def ratios(results):
+    """img/s of ours (and its variants) over every other model."""
+    out = {}
+    for mine in [n for n in results if n.startswith("ours")]:
+        for other in [n for n in results if not n.startswith("ours")]:
+            out[f"{mine}/{other}"] = round(results[mine]["img_s"] / results[other]["img_s"], 3)
+    if "ours" in results and "ours_plain" in results:
+        out["ours/ours_plain"] = round(results["ours"]["img_s"] / results["ours_plain"]["img_s"], 3)
+    if "ours" in results and "ours_bf16" in results:
+        out["ours_bf16/ours"] = round(results["ours_bf16"]["img_s"] / results["ours"]["img_s"], 3)
+    return out
+
+
+# ----------------------------------------------------------------------------------- bf16
+
+
+def bf16_accuracy(args, images):
+    """Deviation of the bfloat16 mode from float32 on the same weights and images.
+
+    The models have random weights with LayerScale set to 0.5 (not 1e-6) so that every block
+    contributes and bf16 rounding accumulates through the whole depth, as in a trained model.
+    """
+    import keras
+    import numpy as np
+
+    import keras_convnext
+
+    fp32 = keras_convnext.build(
+        args.variant, input_shape=(args.size, args.size, 3), classifier_activation=None, seed=0)
+    rng = np.random.default_rng(1)
+    weights = []
+    for w in fp32.weights:
+        value = keras.ops.convert_to_numpy(w)
+        if w.path.endswith("layer_scale/gamma"):
+            value = np.full_like(value, 0.5)
+        elif w.path.endswith("bias"):
+            value = (0.02 * rng.standard_normal(value.shape)).astype(value.dtype)
+        weights.append(value)
+    fp32.set_weights(weights)
+    bf16 = bf16_model(args, source=fp32, classifier_activation=None)
+    logits32 = np.asarray(fp32.predict(images, batch_size=args.batch, verbose=0), np.float64)
+    logits16 = np.asarray(bf16.predict(images, batch_size=args.batch, verbose=0), np.float64)
+
+    def softmax(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    p32, p16 = softmax(logits32), softmax(logits16)
+    top5_32 = np.argsort(-logits32, axis=-1)[:, :5]
+    top5_16 = np.argsort(-logits16, axis=-1)[:, :5]
+    return {
+        "images": int(len(images)),
+        "logit_std": float(logits32.std()),
+        "logits_max_abs_diff": float(np.abs(logits32 - logits16).max()),
+        "logits_mean_abs_diff": float(np.abs(logits32 - logits16).mean()),
+        "prob_max_abs_diff": float(np.abs(p32 - p16).max()),
+        "prob_mean_abs_diff": float(np.abs(p32 - p16).mean()),
+        "top1_agreement": float((top5_32[:, 0] == top5_16[:, 0]).mean()),
+        "top5_overlap": float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_32, top5_16)])),
+    }
+
+
+def sample_images(count, size, seed=0):
+    """uint8-valued float32 images: crops of scikit-learn's two sample photos when available,
+    else smooth random images."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        photos = [np.asarray(p) for p in load_sample_images().images]
+    except Exception:  # noqa: BLE001 - optional data
+        photos = []
+    out = np.empty((count, size, size, 3), np.float32)
+    for i in range(count):
+        if photos:
+            photo = photos[i % len(photos)]
+            crop = int(rng.integers(size, min(photo.shape[:2]) + 1))
+            top = int(rng.integers(0, photo.shape[0] - crop + 1))
+            left = int(rng.integers(0, photo.shape[1] - crop + 1))
+            patch = photo[top:top + crop, left:left + crop]
+            idx = (np.arange(size) * crop // size)
+            out[i] = patch[idx][:, idx]
+            if rng.random() < 0.5:
+                out[i] = out[i][:, ::-1]
+        else:
+            coarse = rng.uniform(0, 255, (size // 16 + 1, size // 16 + 1, 3))
+            idx = np.arange(size) // 16
+            out[i] = coarse[idx][:, idx]
+    return out
+
+
+# ------------------------------------------------------------------------------ input pipeline
+
+
+def data_throughput(args):
+    """Images/s of ``training.data.train_pipeline`` with the recipe's augmentations."""
+    import numpy as np
+    import tensorflow as tf
+
+    from training import augment, config as config_lib, data
+
+    with tempfile.TemporaryDirectory() as folder:
+        # ImageNet-sized JPEGs (375x375, quality 90) made from the sample photos.
+        images = sample_images(64, 375, seed=2)
+        for i, image in enumerate(images):
+            cls = os.path.join(folder, f"class_{i % 2}")
+            os.makedirs(cls, exist_ok=True)
+            jpeg = tf.io.encode_jpeg(tf.constant(image.astype(np.uint8)), quality=90)
+            tf.io.write_file(os.path.join(cls, f"{i}.jpg"), jpeg)
+        config = config_lib.make_config(
+            {"dataset": f"folder:{folder}", "image_size": args.size, "batch_size": args.batch})
+        source = data.load(config)
+        ds = data.train_pipeline(
+            source, config, args.batch, augment.image_augment(config), augment.batch_augment(config))
+        it = iter(ds)
+        for _ in range(3):
+            next(it)
+        batches = max(args.steps * 4, 12)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        elapsed = time.perf_counter() - start
+    return {"batches": batches, "img_s": round(batches * args.batch / elapsed, 2)}
+
+
+# --------------------------------------------------------------------------------- one backend
+
+
+def run_backend(args):
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if args.bf16 and "ours_bf16" not in names:
+        names.append("ours_bf16")
+    report = {
+        "backend": backend,
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in cpu_flags(),
+        "keras": keras.__version__,
+        "variant": args.variant,
+        "batch": args.batch,
+        "size": args.size,
+        "load_before": load_average(),
+    }
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32")
+    labels = rng.integers(0, 1000, (args.batch,)).astype("int32")
+
+    keras.utils.set_random_seed(0)
+    entries = keras_entries(args, names)
+    if "timm" in names and backend == "torch":
+        timm = timm_entry(args)
+        if timm is not None:
+            entries.append(timm)
+        report["timm"] = timm is not None
+
+    if "inference" in args.what:
+        res = interleaved(entries, lambda e: e.infer(images), args.steps, args.warmup)
+        add_throughput(res, args.batch)
+        report["inference"] = {"results": res, "ratios": ratios(res)}
+    if "train" in args.what:
+        trainable = [e for e in entries if e.train is not None]
+        res = interleaved(trainable, lambda e: e.train(images, labels), args.train_steps,
+                          args.train_warmup)
+        add_throughput(res, args.batch)
+        report["train"] = {"results": res, "ratios": ratios(res)}
+    del entries
+    if args.bf16:
+        report["bf16_accuracy"] = bf16_accuracy(args, sample_images(args.bf16_images, args.size))
+    if args.data:
+        report["data"] = data_throughput(args)
+    report["load_after"] = load_average()
+    return report
+
+
+# -------------------------------------------------------------------------------------- output
+
+
+def format_report(report):
+    lines = [
+        f"backend {report['backend']} | ConvNeXt-{report['variant']} batch {report['batch']} "
+        f"{report['size']}px | {report['cpu']} ({report['cores']} cores) | "
+        f"load {report['load_before']} -> {report['load_after']}"
+    ]
+    for what in ("inference", "train"):
+        if what not in report:
+            continue
+        lines.append(f"  {what:9s}  {'model':10s} {'img/s':>8s} {'median s':>9s} {'first s':>8s}")
+        for name, rec in report[what]["results"].items():
+            lines.append(f"  {'':9s}  {name:10s} {rec['img_s']:8.2f} {rec['median_s']:9.3f} "
+                         f"{rec['first_s']:8.2f}")
+        if report[what]["ratios"]:
+            lines.append("  " + " " * 11 + "  ".join(
+                f"{k} {v:.2f}x" for k, v in report[what]["ratios"].items()))
+    if "bf16_accuracy" in report:
+        a = report["bf16_accuracy"]
+        lines.append(
+            f"  bf16 vs fp32 ({a['images']} images): logits max|d| {a['logits_max_abs_diff']:.3g} "
+            f"mean|d| {a['logits_mean_abs_diff']:.3g} (logit std {a['logit_std']:.3g}); "
+            f"probs max|d| {a['prob_max_abs_diff']:.3g} mean|d| {a['prob_mean_abs_diff']:.2g}; "
+            f"top-1 agreement {a['top1_agreement']:.1%}, top-5 overlap {a['top5_overlap']:.1%}")
+    if "data" in report:
+        train = report.get("train", {}).get("results", {}).get("ours")
+        verdict = ""
+        if train:
+            verdict = (" > " if report["data"]["img_s"] > train["img_s"] else " <= ") + \
+                f"train step {train['img_s']:.2f} img/s"
+        lines.append(f"  input pipeline: {report['data']['img_s']:.2f} img/s{verdict}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends (or 'all'), each run in a subprocess; "
+                        "default: the current KERAS_BACKEND only")
+    p.add_argument("--variant", default="tiny")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--what", default="inference,train", help="inference,train")
+    p.add_argument("--models", default="ours,keras,timm",
+                   help="ours, ours_plain (fast paths off), keras (keras.applications), "
+                        "timm (torch only, when importable), ours_bf16")
+    p.add_argument("--warmup", type=int, default=2, help="inference rounds dropped")
+    p.add_argument("--steps", type=int, default=7, help="inference rounds measured")
+    p.add_argument("--train-warmup", type=int, default=1)
+    p.add_argument("--train-steps", type=int, default=3)
+    p.add_argument("--bf16", action="store_true",
+                   help="also time the bfloat16 inference mode and measure its deviation")
+    p.add_argument("--bf16-images", type=int, default=32)
+    p.add_argument("--data", action="store_true", help="also time the tf.data input pipeline")
+    p.add_argument("--json", default=None, help="write the report(s) here")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.backends:
+        backends = ALL_BACKENDS if args.backends == "all" else args.backends.split(",")
+        reports = []
+        for backend in backends:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                path = f.name
+            child = [a for a in (argv if argv is not None else sys.argv[1:])]
+            child = _drop_option(_drop_option(child, "--backends"), "--json")
+            env = {**os.environ, "KERAS_BACKEND": backend,
+                   "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+            code = subprocess.call([sys.executable, os.path.abspath(__file__), *child,
+                                    "--json", path], env=env)
+            if code == 0:
+                with open(path) as f:
+                    reports.append(json.load(f))
+            else:
+                print(f"[{backend}] failed with exit code {code}", file=sys.stderr)
+            os.unlink(path)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(reports, f, indent=1)
+        print("\n\n".join(format_report(r) for r in reports))
+        return 0 if len(reports) == len(backends) else 1
+    report = run_backend(args)
+    print(format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+def _drop_option(argv, name):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Depthwise convolution for PyTorch without the layout copies of Keras' torch backend.
+
+Keras' torch ``conv`` turns an NHWC input into NCHW with ``permute(...).contiguous()`` (a
+copy), then back into channels_last memory with ``.contiguous(memory_format=channels_last)``
+(a second copy) before ``conv2d``. But ``permute(0, 3, 1, 2)`` of an NHWC-contiguous tensor
+already *is* an NCHW tensor in channels_last memory, which oneDNN convolves directly; and the
+channels_last output permuted back to NHWC is again contiguous. So the convolution runs on the
+caller's memory with no copy in or out, and the bias is fused into ``conv2d``.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def same_padding(size):
+    """Keras' "same" padding for kernel ``size`` at stride 1: (before, after)."""
+    total = size - 1
+    return total // 2, total - total // 2
+
+
+def supported(strides, dilation_rate, depth_multiplier):
+    return (
+        tuple(strides) == (1, 1)
+        and tuple(dilation_rate) == (1, 1)
+        and depth_multiplier == 1
+    )
+
+
+def depthwise_conv2d(inputs, kernel, bias, padding, data_format):
+    """Depthwise conv (stride 1, dilation 1) plus bias. ``kernel`` is Keras' (kh, kw, C, 1)."""
+    kh, kw, channels = kernel.shape[0], kernel.shape[1], kernel.shape[2]
+    # (kh, kw, C, 1) -> (C, 1, kh, kw), as torch's grouped conv2d wants it.
+    weight = kernel.permute(2, 3, 0, 1)
+    if bias is not None:
+        bias = bias.to(inputs.dtype)
+    weight = weight.to(inputs.dtype)
+    if data_format == "channels_last":
+        x = inputs.permute(0, 3, 1, 2)  # a view: NCHW shape, channels_last memory
+        x = x.contiguous(memory_format=torch.channels_last)  # no-op for NHWC-contiguous input
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    else:
+        x = inputs
+    if padding == "same":
+        (top, bottom), (left, right) = same_padding(kh), same_padding(kw)
+        if top == bottom and left == right:
+            pad = (top, left)
+        else:
+            x = F.pad(x, (left, right, top, bottom))
+            pad = 0
+    else:
+        pad = 0
+    out = F.conv2d(x, weight, bias, stride=1, padding=pad, groups=channels)
+    if data_format == "channels_last":
+        return out.permute(0, 2, 3, 1)
+    return out
+
+
+def dense(inputs, kernel, bias, gelu=False):
+    """``inputs @ kernel + bias`` as one ``F.linear`` (addmm: the bias is added inside the GEMM
+    instead of in a second pass over the output), then exact GELU when ``gelu``. Without
+    autograd (inference) on a oneDNN build, the GELU runs inside the GEMM as a oneDNN post-op
+    (``mkldnn._linear_pointwise``, the op that ``torch.compile`` fuses to; the same erf GELU).
+    ``kernel`` is Keras' (in, out)."""
+    kernel = kernel.to(inputs.dtype)
+    if bias is not None:
+        bias = bias.to(inputs.dtype)
+    weight = kernel.t()
+    # Not under torch.compile: inductor cannot lower the oneDNN op, and fuses the GELU itself.
+    if (gelu and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and _has_linear_pointwise()):
+        return torch.ops.mkldnn._linear_pointwise(
+            inputs.contiguous(), weight.contiguous(), bias, "gelu", [], "none")
+    out = F.linear(inputs, weight, bias)
+    return F.gelu(out) if gelu else out
+
+
+_LINEAR_POINTWISE = None
+
+
+def _has_linear_pointwise():
+    global _LINEAR_POINTWISE
+    if _LINEAR_POINTWISE is None:
+        try:
+            x = torch.ones(2, 3)
+            torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 3), None, "gelu", [], "none")
+            _LINEAR_POINTWISE = True
+        except Exception:  # noqa: BLE001 - absent or unsupported: plain F.linear + F.gelu
+            _LINEAR_POINTWISE = False
+    return _LINEAR_POINTWISE
+
+
+def conv2d_supported(strides, padding, dilation_rate, groups):
+    return tuple(dilation_rate) == (1, 1) and groups == 1 and (
+        padding == "valid" or tuple(strides) == (1, 1))
+
+
+def conv2d(inputs, kernel, bias, strides, padding, data_format):
+    """A Keras ``Conv2D`` (kernel (kh, kw, in, out)) on the caller's memory: see the module
+    docstring; ``conv2d_supported`` says which configurations."""
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    weight = kernel.permute(3, 2, 0, 1).to(inputs.dtype)
+    if bias is not None:
+        bias = bias.to(inputs.dtype)
+    if data_format == "channels_last":
+        x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    else:
+        x = inputs
+    pad = 0
+    if padding == "same":
+        (top, bottom), (left, right) = same_padding(kh), same_padding(kw)
+        if top == bottom and left == right:
+            pad = (top, left)
+        else:
+            x = F.pad(x, (left, right, top, bottom))
+    out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad)
+    if data_format == "channels_last":
+        return out.permute(0, 2, 3, 1)
+    return out
