@@ -115,6 +115,32 @@ def _head_dtype():
     return "float32" if policy.compute_dtype != policy.variable_dtype else None
 
 
+def classification_head(
+    x, *, include_top, pooling, classes, classifier_activation, data_format, head_norm=True
+):
+    """The end of the network: with ``include_top``, global average pooling -> LayerNorm
+    (``head_norm``) -> Dense classifier; otherwise the ``pooling`` keras.applications offers."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        head_dtype = _head_dtype()
+        if head_norm:
+            x = keras.layers.LayerNormalization(
+                epsilon=LAYER_NORM_EPSILON, name="head_norm", dtype=head_dtype
+            )(x)
+        return keras.layers.Dense(
+            classes,
+            activation=classifier_activation,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="predictions",
+            dtype=head_dtype,
+        )(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+    return x
+
+
 def ConvNeXt(
     depths,
     dims,
@@ -191,23 +217,14 @@ def ConvNeXt(
             )(x)
             index += 1
 
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
-        head_dtype = _head_dtype()
-        x = keras.layers.LayerNormalization(
-            epsilon=LAYER_NORM_EPSILON, name="head_norm", dtype=head_dtype
-        )(x)
-        x = keras.layers.Dense(
-            classes,
-            activation=classifier_activation,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="predictions",
-            dtype=head_dtype,
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+    x = classification_head(
+        x,
+        include_top=include_top,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        data_format=data_format,
+    )
 
     if user_tensor is not None:
         model_inputs = keras.utils.get_source_inputs(user_tensor)

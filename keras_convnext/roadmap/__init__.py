@@ -49,17 +49,16 @@ import dataclasses
 import keras
 
 from keras_convnext.layers import (
-    LAYER_NORM_EPSILON,
     ConvNeXtBlock,
     Downsample,
     ImageNormalization,
     Stem,
 )
 from keras_convnext.model import (
-    _head_dtype,
     _make_input,
     _validate_arguments,
     block_name,
+    classification_head,
     downsample_name,
     drop_path_schedule,
 )
@@ -323,24 +322,15 @@ def build_from_config(
             channels = out
             index += 1
 
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
-        head_dtype = _head_dtype()
-        if config.head_norm:
-            x = keras.layers.LayerNormalization(
-                epsilon=LAYER_NORM_EPSILON, name="head_norm", dtype=head_dtype
-            )(x)
-        x = keras.layers.Dense(
-            classes,
-            activation=classifier_activation,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="predictions",
-            dtype=head_dtype,
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+    x = classification_head(
+        x,
+        include_top=include_top,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        data_format=data_format,
+        head_norm=config.head_norm,
+    )
 
     model_inputs = keras.utils.get_source_inputs(user_tensor) if user_tensor is not None else inputs
     model = keras.Model(model_inputs, x, name=name or model_name)
