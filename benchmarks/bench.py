@@ -91,7 +91,8 @@ def import_timm():
     except ImportError:
         return None
     except RuntimeError:
-        for name in [m for m in sys.modules if m == "timm" or m.startswith(("timm.", "torchvision"))]:
+        stale = [m for m in sys.modules if m == "timm" or m.startswith(("timm.", "torchvision"))]
+        for name in stale:
             del sys.modules[name]
         import types
 
@@ -294,7 +295,8 @@ def bf16_accuracy(args, images):
         "prob_max_abs_diff": float(np.abs(p32 - p16).max()),
         "prob_mean_abs_diff": float(np.abs(p32 - p16).mean()),
         "top1_agreement": float((top5_32[:, 0] == top5_16[:, 0]).mean()),
-        "top5_overlap": float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_32, top5_16)])),
+        "top5_overlap": float(np.mean(
+            [len(set(a) & set(b)) / 5 for a, b in zip(top5_32, top5_16)])),
     }
 
 
@@ -352,7 +354,8 @@ def data_throughput(args):
             {"dataset": f"folder:{folder}", "image_size": args.size, "batch_size": args.batch})
         source = data.load(config)
         ds = data.train_pipeline(
-            source, config, args.batch, augment.image_augment(config), augment.batch_augment(config))
+            source, config, args.batch, augment.image_augment(config),
+            augment.batch_augment(config))
         it = iter(ds)
         for _ in range(3):
             next(it)
