@@ -18,6 +18,30 @@ def same_padding(size):
     return total // 2, total - total // 2
 
 
+def _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw):
+    """(x, weight, pad) for ``F.conv2d``: an NHWC input as an NCHW view in channels_last memory
+    (no copy for NHWC-contiguous input) and Keras' "same"/"valid" padding, asymmetric "same"
+    padding applied with ``F.pad``."""
+    if data_format == "channels_last":
+        x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    else:
+        x = inputs
+    pad = 0
+    if padding == "same":
+        (top, bottom), (left, right) = same_padding(kh), same_padding(kw)
+        if top == bottom and left == right:
+            pad = (top, left)
+        else:
+            x = F.pad(x, (left, right, top, bottom))
+    return x, weight, pad
+
+
+def _to_caller_layout(out, data_format):
+    """The conv output back in the caller's layout (for NHWC a view, contiguous again)."""
+    return out.permute(0, 2, 3, 1) if data_format == "channels_last" else out
+
+
 def supported(strides, dilation_rate, depth_multiplier):
     return (
         tuple(strides) == (1, 1)
@@ -34,25 +58,9 @@ def depthwise_conv2d(inputs, kernel, bias, padding, data_format):
     if bias is not None:
         bias = bias.to(inputs.dtype)
     weight = weight.to(inputs.dtype)
-    if data_format == "channels_last":
-        x = inputs.permute(0, 3, 1, 2)  # a view: NCHW shape, channels_last memory
-        x = x.contiguous(memory_format=torch.channels_last)  # no-op for NHWC-contiguous input
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    else:
-        x = inputs
-    if padding == "same":
-        (top, bottom), (left, right) = same_padding(kh), same_padding(kw)
-        if top == bottom and left == right:
-            pad = (top, left)
-        else:
-            x = F.pad(x, (left, right, top, bottom))
-            pad = 0
-    else:
-        pad = 0
+    x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=1, padding=pad, groups=channels)
-    if data_format == "channels_last":
-        return out.permute(0, 2, 3, 1)
-    return out
+    return _to_caller_layout(out, data_format)
 
 
 def dense(inputs, kernel, bias, gelu=False):
@@ -101,19 +109,6 @@ def conv2d(inputs, kernel, bias, strides, padding, data_format):
     weight = kernel.permute(3, 2, 0, 1).to(inputs.dtype)
     if bias is not None:
         bias = bias.to(inputs.dtype)
-    if data_format == "channels_last":
-        x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    else:
-        x = inputs
-    pad = 0
-    if padding == "same":
-        (top, bottom), (left, right) = same_padding(kh), same_padding(kw)
-        if top == bottom and left == right:
-            pad = (top, left)
-        else:
-            x = F.pad(x, (left, right, top, bottom))
+    x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad)
-    if data_format == "channels_last":
-        return out.permute(0, 2, 3, 1)
-    return out
+    return _to_caller_layout(out, data_format)
