@@ -146,26 +146,37 @@ def keras_entries(args, names):
         constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
         entries.append(entry("keras", constructor(weights=None, input_shape=shape)))
     if "ours_bf16" in names:
-        model = bf16_model(args)
-        entries.append(Entry("ours_bf16", model.predict_on_batch))
+        entries.append(entry("ours_bf16", bf16_model(args)))
+    if "keras_bf16" in names and args.variant in KERAS_APPLICATIONS:
+        constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
+        with mixed_bfloat16():
+            model = constructor(weights=None, input_shape=shape)
+        entries.append(entry("keras_bf16", model))
     return entries
+
+
+@contextlib.contextmanager
+def mixed_bfloat16():
+    """Builds models under Keras' "mixed_bfloat16" policy (bf16 compute, fp32 variables)."""
+    import keras
+
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
 
 
 def bf16_model(args, source=None, classifier_activation="softmax"):
     """keras_convnext under the "mixed_bfloat16" policy (bfloat16 compute, float32 variables and
     classifier), with ``source``'s weights when given."""
-    import keras
-
     import keras_convnext
 
-    old = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with mixed_bfloat16():
         model = keras_convnext.build(
             args.variant, input_shape=(args.size, args.size, 3),
             classifier_activation=classifier_activation)
-    finally:
-        keras.config.set_dtype_policy(old)
     if source is not None:
         model.set_weights(source.get_weights())
     return model
@@ -376,8 +387,8 @@ def run_backend(args):
 
     backend = keras.backend.backend()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if args.bf16 and "ours_bf16" not in names:
-        names.append("ours_bf16")
+    if args.bf16:
+        names += [n for n in ("ours_bf16", "keras_bf16") if n not in names]
     report = {
         "backend": backend,
         "cpu": cpu_name(),
@@ -467,7 +478,8 @@ def parse_args(argv=None):
     p.add_argument("--what", default="inference,train", help="inference,train")
     p.add_argument("--models", default="ours,keras,timm",
                    help="ours, ours_plain (fast paths off), keras (keras.applications), "
-                        "timm (torch only, when importable), ours_bf16")
+                        "timm (torch only, when importable), ours_bf16 and keras_bf16 (the "
+                        "mixed_bfloat16 policy: bf16 compute, fp32 variables)")
     p.add_argument("--warmup", type=int, default=2, help="inference rounds dropped")
     p.add_argument("--steps", type=int, default=7, help="inference rounds measured")
     p.add_argument("--train-warmup", type=int, default=1)

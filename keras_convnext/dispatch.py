@@ -21,6 +21,10 @@ layer                fast path
 ``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
 ===================  ============================================================================
 
+``Dense`` also takes ``residual=`` and ``scale=``: ``residual + scale * dense(inputs)``, a block's
+last 1x1 conv, LayerScale and shortcut, which torch runs at inference as one GEMM (the add as a
+oneDNN post-op, the scale folded into the kernel).
+
 Anything a fast path does not cover (strides, dilations, depth multipliers, other activations,
 LoRA, quantization) takes Keras' own op. Fast paths can be switched off, e.g. to compare numbers,
 with ``set_fast_paths(False)``, the ``fast_paths(False)`` context manager, or the environment
@@ -129,7 +133,11 @@ class Dense(keras.layers.Dense):
     (bias added inside the GEMM) instead of a matmul and a separate bias pass, and with
     ``activation="gelu"`` (exact) the GELU fused into the GEMM at inference."""
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, residual=None, scale=None):
+        """``dense(inputs)``; with ``residual`` (and a per-channel ``scale``, or None),
+        ``residual + scale * dense(inputs)``."""
+        if residual is not None:
+            return self._scaled_residual(inputs, residual, scale, training)
         if not _plain_linear_layer(self, allow_gelu=True):
             return super().call(inputs, training=training)
         from keras_convnext.fast import torch_ops
@@ -137,6 +145,25 @@ class Dense(keras.layers.Dense):
         kernel = ops.cast(self.kernel, inputs.dtype)
         bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
         return torch_ops.dense(inputs, kernel, bias, gelu=_is_exact_gelu(self.activation))
+
+    def _scaled_residual(self, inputs, residual, scale, training):
+        if _plain_linear_layer(self):
+            from keras_convnext.fast import torch_ops
+
+            # float32 variables: the scale is folded in before rounding to the compute dtype.
+            fused = torch_ops.dense_scale_add(
+                inputs,
+                ops.convert_to_tensor(self.kernel),
+                ops.convert_to_tensor(self.bias) if self.use_bias else None,
+                ops.convert_to_tensor(scale) if scale is not None else None,
+                residual,
+            )
+            if fused is not None:
+                return fused
+        outputs = self.call(inputs, training=training)
+        if scale is not None:
+            outputs = outputs * ops.cast(scale, outputs.dtype)
+        return residual + outputs
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

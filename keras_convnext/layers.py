@@ -13,7 +13,7 @@ official ``stages.2.5.dwconv.weight``.
 import keras
 from keras import ops
 
-from keras_convnext.dispatch import depthwise_conv_layer
+from keras_convnext.dispatch import conv_layer, dense_layer, depthwise_conv_layer
 
 PACKAGE = "keras_convnext"
 LAYER_NORM_EPSILON = 1e-6
@@ -160,10 +160,12 @@ class ConvNeXtBlock(keras.layers.Layer):
             epsilon=LAYER_NORM_EPSILON, name="norm", **common
         )
         hidden = int(mlp_ratio * self.dim)
-        self.pwconv1 = keras.layers.Dense(
-            hidden, kernel_initializer=_conv_initializer(), name="pwconv1", **common
+        # GELU (exact) belongs to pwconv1 so that a backend can fuse it into the GEMM.
+        self.pwconv1 = dense_layer(
+            hidden, activation="gelu", kernel_initializer=_conv_initializer(), name="pwconv1",
+            **common
         )
-        self.pwconv2 = keras.layers.Dense(
+        self.pwconv2 = dense_layer(
             self.dim, kernel_initializer=_conv_initializer(), name="pwconv2", **common
         )
         self.layer_scale = (
@@ -194,8 +196,11 @@ class ConvNeXtBlock(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = _to_channels_last(self.dwconv(inputs), self.data_format)
         x = self.norm(x)
-        x = self.pwconv1(x)
-        x = keras.activations.gelu(x, approximate=False)
+        x = self.pwconv1(x)  # includes the GELU
+        if self.data_format == "channels_last" and not (training and self.drop_path is not None):
+            # pwconv2, LayerScale and the shortcut in one call, which a backend may fuse.
+            gamma = self.layer_scale.gamma if self.layer_scale is not None else None
+            return self.pwconv2(x, residual=inputs, scale=gamma)
         x = self.pwconv2(x)
         if self.layer_scale is not None:
             x = self.layer_scale(x)
@@ -229,7 +234,7 @@ class Stem(keras.layers.Layer):
         self.dim = int(dim)
         self.patch_size = int(patch_size)
         self.data_format = _check_data_format(data_format)
-        self.conv = keras.layers.Conv2D(
+        self.conv = conv_layer(
             self.dim,
             self.patch_size,
             strides=self.patch_size,
@@ -276,7 +281,7 @@ class Downsample(keras.layers.Layer):
             name="norm",
             dtype=self.dtype_policy,
         )
-        self.conv = keras.layers.Conv2D(
+        self.conv = conv_layer(
             self.dim,
             2,
             strides=2,

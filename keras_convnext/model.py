@@ -50,9 +50,10 @@ def drop_path_schedule(depths, drop_path_rate):
     return [drop_path_rate * i / (total - 1) for i in range(total)]
 
 
-def _validate_arguments(
+def validate_arguments(
     depths, dims, include_top, weights, pooling, classes, drop_path_rate, layer_scale_init_value
 ):
+    """Raises a ValueError naming the first bad builder argument (shared with the roadmap)."""
     if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
         raise ValueError(
             f"depths and dims must each have {NUM_STAGES} entries, got {depths} and {dims}"
@@ -95,7 +96,8 @@ def _validate_input_shape(shape, data_format):
             )
 
 
-def _make_input(input_tensor, input_shape, data_format):
+def make_input(input_tensor, input_shape, data_format):
+    """(the model's input tensor, the user's tensor or None), with the input shape checked."""
     if input_shape is None:
         input_shape = (3, None, None) if data_format == "channels_first" else (None, None, 3)
     input_shape = tuple(input_shape)
@@ -189,12 +191,12 @@ def ConvNeXt(
     """
     depths = tuple(int(d) for d in depths)
     dims = tuple(int(d) for d in dims)
-    _validate_arguments(
+    validate_arguments(
         depths, dims, include_top, weights, pooling, classes, drop_path_rate,
         layer_scale_init_value,
     )
     data_format = keras.config.image_data_format()
-    inputs, user_tensor = _make_input(input_tensor, input_shape, data_format)
+    inputs, user_tensor = make_input(input_tensor, input_shape, data_format)
 
     x = inputs
     if include_preprocessing:

@@ -225,6 +225,32 @@ def test_block_fast_paths_on_and_off_agree(data_format, rng):
         np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layer_scale", [0.5, None])
+def test_block_inference_fusion_matches_the_layers(layer_scale, rng, monkeypatch):
+    """At inference (torch: pwconv2, LayerScale and the shortcut as one fused GEMM) a block
+    gives the plain layers' outputs, with and without LayerScale and with stochastic depth
+    present but inactive."""
+    block = ConvNeXtBlock(8, layer_scale_init_value=layer_scale, drop_path_rate=0.3)
+    x = _input("channels_last", 8, rng)
+    block.build(x.shape)
+    block.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.3
+                       for w in block.weights])
+    fused = []
+    if BACKEND == "torch":
+        from keras_convnext.fast import torch_ops
+
+        real = torch_ops.dense_scale_add
+        monkeypatch.setattr(torch_ops, "dense_scale_add",
+                            lambda *a: fused.append(real(*a)) or fused[-1])
+    with _inference():
+        with dispatch.fast_paths(False):
+            y_plain = keras.ops.convert_to_numpy(block(x, training=False))
+        y_fast = keras.ops.convert_to_numpy(block(x, training=False))
+    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)
+    if BACKEND == "torch" and torch_ops._has_linear_pointwise():
+        assert len(fused) == 1 and fused[0] is not None  # the fused op ran
+
+
 def test_fast_path_switch():
     initial = dispatch.fast_paths_enabled()
     with dispatch.fast_paths(False):

@@ -72,14 +72,41 @@ def dense(inputs, kernel, bias, gelu=False):
     kernel = kernel.to(inputs.dtype)
     if bias is not None:
         bias = bias.to(inputs.dtype)
-    weight = kernel.t()
-    # Not under torch.compile: inductor cannot lower the oneDNN op, and fuses the GELU itself.
-    if (gelu and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and _has_linear_pointwise()):
+    weight = kernel.t()  # a view: oneDNN and addmm read the transposed layout directly
+    if gelu and _onednn_inference():
         return torch.ops.mkldnn._linear_pointwise(
-            inputs.contiguous(), weight.contiguous(), bias, "gelu", [], "none")
+            inputs.contiguous(), weight, bias, "gelu", [], "none")
     out = F.linear(inputs, weight, bias)
     return F.gelu(out) if gelu else out
+
+
+def dense_scale_add(inputs, kernel, bias, scale, residual):
+    """``residual + scale * (inputs @ kernel + bias)`` (the end of a ConvNeXt block: pwconv2,
+    LayerScale, shortcut) as one oneDNN GEMM whose output pass adds ``residual`` (a binary
+    post-op), with the per-channel ``scale`` folded into the kernel and bias. Inference only
+    (no autograd, not under torch.compile); returns None where it does not apply."""
+    if not _onednn_inference() or residual.shape[-1] != kernel.shape[-1]:
+        return None
+    dtype = inputs.dtype
+    kernel = kernel.to(torch.float32)
+    if bias is not None:
+        bias = bias.to(torch.float32)
+    if scale is not None:
+        scale = scale.to(torch.float32)
+        kernel = kernel * scale
+        bias = bias * scale if bias is not None else None
+    weight = kernel.t().to(dtype)
+    bias = bias.to(dtype) if bias is not None else None
+    return torch.ops.mkldnn._linear_pointwise.binary(
+        inputs.contiguous(), residual.to(dtype).contiguous(), weight, bias, "add")
+
+
+def _onednn_inference():
+    """True where oneDNN's fused linear ops may run: no autograd (their outputs have no
+    gradient), not under torch.compile (inductor cannot lower them and fuses by itself), and a
+    torch build that has them."""
+    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and _has_linear_pointwise())
 
 
 _LINEAR_POINTWISE = None
@@ -90,7 +117,9 @@ def _has_linear_pointwise():
     if _LINEAR_POINTWISE is None:
         try:
             x = torch.ones(2, 3)
-            torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 3), None, "gelu", [], "none")
+            w = torch.ones(4, 3)
+            torch.ops.mkldnn._linear_pointwise(x, w, None, "gelu", [], "none")
+            torch.ops.mkldnn._linear_pointwise.binary(x, torch.ones(2, 4), w, None, "add")
             _LINEAR_POINTWISE = True
         except Exception:  # noqa: BLE001 - absent or unsupported: plain F.linear + F.gelu
             _LINEAR_POINTWISE = False

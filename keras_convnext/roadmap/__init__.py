@@ -55,12 +55,12 @@ from keras_convnext.layers import (
     Stem,
 )
 from keras_convnext.model import (
-    _make_input,
-    _validate_arguments,
     block_name,
     classification_head,
     downsample_name,
     drop_path_schedule,
+    make_input,
+    validate_arguments,
 )
 from keras_convnext.roadmap.blocks import (
     ACTIVATIONS,
@@ -280,12 +280,12 @@ def build_from_config(
     name=None,
 ):
     """Builds the functional model of a ``RoadmapConfig`` (arguments as in ``ConvNeXt``)."""
-    _validate_arguments(
+    validate_arguments(
         config.depths, config.widths, include_top, weights, pooling, classes, drop_path_rate,
         layer_scale_init_value,
     )
     data_format = keras.config.image_data_format()
-    inputs, user_tensor = _make_input(input_tensor, input_shape, data_format)
+    inputs, user_tensor = make_input(input_tensor, input_shape, data_format)
 
     x = inputs
     if include_preprocessing:

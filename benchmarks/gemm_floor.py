@@ -1,0 +1,144 @@
+"""The matrix-multiply floor of a ConvNeXt step on this machine and backend.
+
+Nearly all of ConvNeXt's arithmetic is GEMMs: the two 1x1 convs of every block, the patchify
+stem and the 2x2 downsampling convs (non-overlapping patches, so exactly GEMMs), the classifier.
+Every implementation runs the same GEMMs (keras.applications, timm and this package differ in
+everything around them), so their time, measured here with the backend's own ``matmul`` on the
+exact shapes, is a lower bound for any implementation's inference or training step at this
+precision. A training step runs each GEMM three times: forward, input gradient (not for the
+stem, whose input needs none) and weight gradient.
+
+    KERAS_BACKEND=torch python benchmarks/gemm_floor.py --variant tiny --batch 8 --size 224
+
+``bench.py --gemm-floor`` adds it to the benchmark report.
+"""
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def gemm_shapes(depths, dims, batch, size, classes=1000, patch_size=4):
+    """{(M, K, N): count} of the forward GEMMs, and the stem's shape (no input gradient)."""
+    shapes = collections.Counter()
+    side = size // patch_size
+    stem = (batch * side * side, patch_size * patch_size * 3, dims[0])
+    shapes[stem] += 1
+    for i, (depth, dim) in enumerate(zip(depths, dims)):
+        if i > 0:
+            side //= 2
+            shapes[(batch * side * side, 4 * dims[i - 1], dim)] += 1
+        rows = batch * side * side
+        shapes[(rows, dim, 4 * dim)] += depth
+        shapes[(rows, 4 * dim, dim)] += depth
+    shapes[(batch, dims[-1], classes)] += 1
+    return shapes, stem
+
+
+def training_gemms(shapes, stem):
+    """Forward, input-gradient and weight-gradient GEMMs of a training step."""
+    out = collections.Counter()
+    for (m, k, n), count in shapes.items():
+        out[(m, k, n)] += count                       # y = x W
+        out[(k, m, n)] += count                       # dW = x^T dy
+        if (m, k, n) != stem:
+            out[(m, n, k)] += count                   # dx = dy W^T
+        else:
+            out[(m, n, k)] += count - 1
+    return +out
+
+
+def _matmul_timer(dtype):
+    """Returns time_gemm(m, k, n) -> median seconds of the backend's matmul."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        matmul = jax.jit(lambda a, b: a @ b)
+        sync = lambda y: y.block_until_ready()  # noqa: E731
+    elif backend == "torch":
+        import torch
+
+        matmul = torch.mm
+        sync = lambda y: y  # noqa: E731
+    else:
+        matmul = keras.ops.matmul
+        sync = lambda y: y.numpy()  # noqa: E731
+
+    def time_gemm(m, k, n, repeats=5):
+        rng = np.random.default_rng(0)
+        a = keras.ops.cast(rng.standard_normal((m, k), dtype=np.float32), dtype)
+        b = keras.ops.cast(rng.standard_normal((k, n), dtype=np.float32), dtype)
+        sync(matmul(a, b))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sync(matmul(a, b))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return time_gemm
+
+
+def gemm_floor(variant="tiny", batch=8, size=224, dtype="float32"):
+    """Seconds that the GEMMs alone take for one inference and one training step."""
+    from keras_convnext.variants import get_variant
+
+    spec = get_variant(variant)
+    shapes, stem = gemm_shapes(spec.depths, spec.dims, batch, size)
+    time_gemm = _matmul_timer(dtype)
+    cache = {}
+
+    def total(gemms):
+        seconds = flops = 0.0
+        for (m, k, n), count in gemms.items():
+            if (m, k, n) not in cache:
+                cache[(m, k, n)] = time_gemm(m, k, n)
+            seconds += count * cache[(m, k, n)]
+            flops += count * 2.0 * m * k * n
+        return seconds, flops
+
+    infer_s, infer_flops = total(shapes)
+    train_s, train_flops = total(training_gemms(shapes, stem))
+    return {
+        "variant": variant, "batch": batch, "size": size, "dtype": dtype,
+        "inference_s": round(infer_s, 4), "train_s": round(train_s, 4),
+        "inference_img_s_max": round(batch / infer_s, 2),
+        "train_img_s_max": round(batch / train_s, 2),
+        "gemm_gflop_s": round((infer_flops + train_flops) / (infer_s + train_s) / 1e9, 1),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", default="tiny")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    import keras
+
+    floor = gemm_floor(args.variant, args.batch, args.size, args.dtype)
+    floor["backend"] = keras.backend.backend()
+    print(json.dumps(floor, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(floor, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

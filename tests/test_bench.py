@@ -1,0 +1,62 @@
+"""benchmarks/bench.py and benchmarks/gemm_floor.py: their machinery, on tiny inputs.
+
+Timings live in the benchmarks and are never checked here; these tests check that the benchmark
+measures what it says (the models it names, the GEMMs the model really runs) and writes its
+report.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+from conftest import REPO
+
+from keras_convnext import build
+from keras_convnext.flops import count_flops
+from keras_convnext.variants import get_variant
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import bench  # noqa: E402
+import gemm_floor  # noqa: E402
+
+
+@pytest.mark.parametrize("variant,size", [("tiny", 224), ("atto", 64)])
+def test_gemm_floor_covers_all_of_the_models_arithmetic_but_the_depthwise_convs(variant, size):
+    spec = get_variant(variant)
+    shapes, stem = gemm_floor.gemm_shapes(spec.depths, spec.dims, batch=1, size=size)
+    gemm_macs = sum(count * m * k * n for (m, k, n), count in shapes.items())
+    side = size // 4
+    depthwise_macs = 0
+    for i, (depth, dim) in enumerate(zip(spec.depths, spec.dims)):
+        depthwise_macs += depth * (side >> i) ** 2 * dim * 49
+    model = build(variant, input_shape=(size, size, 3), weights=None)
+    assert gemm_macs + depthwise_macs == count_flops(model)
+
+
+def test_a_training_step_runs_every_gemm_three_times_but_the_stems_input_gradient():
+    spec = get_variant("atto")
+    shapes, stem = gemm_floor.gemm_shapes(spec.depths, spec.dims, batch=2, size=32)
+    train = gemm_floor.training_gemms(shapes, stem)
+    macs = lambda gemms: sum(c * m * k * n for (m, k, n), c in gemms.items())  # noqa: E731
+    assert macs(train) == 3 * macs(shapes) - stem[0] * stem[1] * stem[2]
+
+
+def test_gemm_floor_reports_positive_times():
+    floor = gemm_floor.gemm_floor("atto", batch=1, size=32)
+    assert 0 < floor["inference_s"] < floor["train_s"]
+    assert floor["train_img_s_max"] < floor["inference_img_s_max"]
+
+
+def test_bench_times_the_models_it_names_and_writes_json(tmp_path):
+    out = tmp_path / "report.json"
+    code = bench.main(["--variant", "atto", "--size", "32", "--batch", "2",
+                       "--models", "ours,ours_plain", "--steps", "1", "--warmup", "0",
+                       "--train-steps", "1", "--train-warmup", "0", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for what in ("inference", "train"):
+        results = report[what]["results"]
+        assert set(results) == {"ours", "ours_plain"}
+        assert all(r["img_s"] > 0 and len(r["times_s"]) == 1 for r in results.values())
+        assert "ours/ours_plain" in report[what]["ratios"]
