@@ -3,6 +3,7 @@
     KERAS_BACKEND=jax python benchmarks/bench.py                  # one backend
     python benchmarks/bench.py --backends tensorflow,jax,torch    # each in its own process
     python benchmarks/bench.py --json out.json --bf16 --data       # + bf16 mode, input pipeline
+    python benchmarks/bench.py --gemm-floor                       # + the GEMMs' time alone
 
 What is timed, per model, as users call it:
 
@@ -375,6 +376,7 @@ def data_throughput(args):
         for _ in range(batches):
             next(it)
         elapsed = time.perf_counter() - start
+        del it, ds  # stop the prefetching readers before the folder is removed
     return {"batches": batches, "img_s": round(batches * args.batch / elapsed, 2)}
 
 
@@ -425,6 +427,12 @@ def run_backend(args):
     del entries
     if args.bf16:
         report["bf16_accuracy"] = bf16_accuracy(args, sample_images(args.bf16_images, args.size))
+    if args.gemm_floor:
+        import gemm_floor
+
+        report["gemm_floor"] = [
+            gemm_floor.gemm_floor(args.variant, args.batch, args.size, dtype)
+            for dtype in (("float32", "bfloat16") if args.bf16 else ("float32",))]
     if args.data:
         report["data"] = data_throughput(args)
     report["load_after"] = load_average()
@@ -457,6 +465,11 @@ def format_report(report):
             f"mean|d| {a['logits_mean_abs_diff']:.3g} (logit std {a['logit_std']:.3g}); "
             f"probs max|d| {a['prob_max_abs_diff']:.3g} mean|d| {a['prob_mean_abs_diff']:.2g}; "
             f"top-1 agreement {a['top1_agreement']:.1%}, top-5 overlap {a['top5_overlap']:.1%}")
+    for floor in report.get("gemm_floor", []):
+        lines.append(
+            f"  GEMM floor {floor['dtype']} ({floor['gemm_gflop_s']} GFLOP/s): inference >= "
+            f"{floor['inference_s']:.3f} s (<= {floor['inference_img_s_max']:.2f} img/s), train "
+            f"step >= {floor['train_s']:.3f} s (<= {floor['train_img_s_max']:.2f} img/s)")
     if "data" in report:
         train = report.get("train", {}).get("results", {}).get("ours")
         verdict = ""
@@ -488,6 +501,9 @@ def parse_args(argv=None):
                    help="also time the bfloat16 inference mode and measure its deviation")
     p.add_argument("--bf16-images", type=int, default=32)
     p.add_argument("--data", action="store_true", help="also time the tf.data input pipeline")
+    p.add_argument("--gemm-floor", action="store_true",
+                   help="also time the model's GEMMs alone (gemm_floor.py): the step time no "
+                        "implementation can beat at this precision")
     p.add_argument("--json", default=None, help="write the report(s) here")
     return p.parse_args(argv)
 
