@@ -16,8 +16,9 @@ layer                fast path
                      torch: ``conv2d`` on the caller's channels_last memory, bias fused, no layout
                      copies (``fast.torch_ops``). tensorflow: Keras' op
                      (``tf.nn.depthwise_conv2d``), already the fastest there.
-``Dense``            torch: one ``F.linear`` (bias inside the GEMM); with exact GELU as activation,
-                     the GELU fused into the GEMM at inference (oneDNN post-op).
+``Dense``            torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
+                     oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
+                     GELU fused into the GEMM at inference (oneDNN post-op).
 ``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
 ===================  ============================================================================
 
@@ -129,15 +130,25 @@ def _plain_linear_layer(layer, allow_gelu=False):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Dense(keras.layers.Dense):
-    """``keras.layers.Dense`` (same variables and config); on torch one fused ``F.linear``
-    (bias added inside the GEMM) instead of a matmul and a separate bias pass, and with
-    ``activation="gelu"`` (exact) the GELU fused into the GEMM at inference."""
+    """``keras.layers.Dense`` (same variables and config), with ``residual=``/``scale=`` for a
+    block's end. On torch: oneDNN GEMMs with the bias inside (forward and input gradient in
+    training), exact GELU fused into the GEMM at inference, and the block end as one GEMM."""
 
     def call(self, inputs, training=None, residual=None, scale=None):
         """``dense(inputs)``; with ``residual`` (and a per-channel ``scale``, or None),
         ``residual + scale * dense(inputs)``."""
         if residual is not None:
-            return self._scaled_residual(inputs, residual, scale, training)
+            fused = self._fused_scaled_residual(inputs, residual, scale)
+            if fused is not None:
+                return fused
+        outputs = self._dense(inputs, training)
+        if residual is None:
+            return outputs
+        if scale is not None:
+            outputs = outputs * ops.cast(scale, outputs.dtype)
+        return residual + outputs
+
+    def _dense(self, inputs, training):
         if not _plain_linear_layer(self, allow_gelu=True):
             return super().call(inputs, training=training)
         from keras_convnext.fast import torch_ops
@@ -146,24 +157,19 @@ class Dense(keras.layers.Dense):
         bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
         return torch_ops.dense(inputs, kernel, bias, gelu=_is_exact_gelu(self.activation))
 
-    def _scaled_residual(self, inputs, residual, scale, training):
-        if _plain_linear_layer(self):
-            from keras_convnext.fast import torch_ops
+    def _fused_scaled_residual(self, inputs, residual, scale):
+        if not _plain_linear_layer(self):
+            return None
+        from keras_convnext.fast import torch_ops
 
-            # float32 variables: the scale is folded in before rounding to the compute dtype.
-            fused = torch_ops.dense_scale_add(
-                inputs,
-                ops.convert_to_tensor(self.kernel),
-                ops.convert_to_tensor(self.bias) if self.use_bias else None,
-                ops.convert_to_tensor(scale) if scale is not None else None,
-                residual,
-            )
-            if fused is not None:
-                return fused
-        outputs = self.call(inputs, training=training)
-        if scale is not None:
-            outputs = outputs * ops.cast(scale, outputs.dtype)
-        return residual + outputs
+        # float32 variables: the scale is folded in before rounding to the compute dtype.
+        return torch_ops.dense_scale_add(
+            inputs,
+            ops.convert_to_tensor(self.kernel),
+            ops.convert_to_tensor(self.bias) if self.use_bias else None,
+            ops.convert_to_tensor(scale) if scale is not None else None,
+            residual,
+        )
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
