@@ -89,6 +89,17 @@ def _value_and_grads(layer, x, upstream):
     return to_np(y), to_np(dx), [to_np(g) for g in dv]
 
 
+def _assert_same_values_and_grads(fast, plain, weight_rtol=1e-5):
+    """``fast`` and ``plain`` are ``_value_and_grads`` results: outputs, input gradients and
+    weight gradients agree to float32 rounding."""
+    (y_fast, dx_fast, dv_fast), (y_plain, dx_plain, dv_plain) = fast, plain
+    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx_fast, dx_plain, rtol=1e-5, atol=1e-5)
+    assert len(dv_fast) == len(dv_plain)
+    for grad_fast, grad_plain in zip(dv_fast, dv_plain):
+        np.testing.assert_allclose(grad_fast, grad_plain, rtol=weight_rtol, atol=1e-4)
+
+
 def _inference():
     """Autograd off, as in ``predict``: torch's inference-only fusions apply."""
     if BACKEND == "torch":
@@ -104,14 +115,11 @@ def test_fast_depthwise_matches_keras_forward_and_gradients(kernel_size, padding
     ours, plain = _layers(kernel_size, padding, data_format, channels, rng)
     x = _input(data_format, channels, rng)
     upstream = rng.standard_normal(plain.compute_output_shape(x.shape)).astype("float32")
-    y_plain, dx_plain, dv_plain = _value_and_grads(plain, x, upstream)
+    plain_results = _value_and_grads(plain, x, upstream)
     with dispatch.fast_paths(True):
-        y_fast, dx_fast, dv_fast = _value_and_grads(ours, x, upstream)
-    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx_fast, dx_plain, rtol=1e-5, atol=1e-5)
-    assert len(dv_fast) == len(dv_plain) == 2  # kernel, bias
-    for fast, ref in zip(dv_fast, dv_plain):
-        np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-4)
+        fast_results = _value_and_grads(ours, x, upstream)
+    _assert_same_values_and_grads(fast_results, plain_results)
+    assert len(fast_results[2]) == 2  # kernel, bias
 
 
 def test_fast_depthwise_bfloat16_is_close_to_keras(rng):
@@ -151,13 +159,11 @@ def test_fast_dense_and_conv_match_keras(kind, rng):
     assert [(w.path.split("/")[-1], tuple(w.shape)) for w in ours.weights] == [
         (w.path.split("/")[-1], tuple(w.shape)) for w in plain.weights]
     upstream = rng.standard_normal(plain.compute_output_shape(x.shape)).astype("float32")
-    y_plain, dx_plain, dv_plain = _value_and_grads(plain, x, upstream)
+    plain_results = _value_and_grads(plain, x, upstream)
     with dispatch.fast_paths(True):
-        y_fast, dx_fast, dv_fast = _value_and_grads(ours, x, upstream)
-    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx_fast, dx_plain, rtol=1e-5, atol=1e-5)
-    for fast, ref in zip(dv_fast, dv_plain):
-        np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-4)
+        fast_results = _value_and_grads(ours, x, upstream)
+    _assert_same_values_and_grads(fast_results, plain_results)
+    y_plain = plain_results[0]
     with dispatch.fast_paths(True), _inference():  # torch fuses GELU into the GEMM here
         y_infer = keras.ops.convert_to_numpy(ours(x))
     np.testing.assert_allclose(y_infer, y_plain, rtol=1e-5, atol=1e-5)
@@ -216,13 +222,10 @@ def test_block_fast_paths_on_and_off_agree(data_format, rng):
     block.build(x.shape)
     upstream = rng.standard_normal(x.shape).astype("float32")
     with dispatch.fast_paths(False):
-        y_plain, dx_plain, dv_plain = _value_and_grads(block, x, upstream)
+        plain_results = _value_and_grads(block, x, upstream)
     with dispatch.fast_paths(True):
-        y_fast, dx_fast, dv_fast = _value_and_grads(block, x, upstream)
-    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx_fast, dx_plain, rtol=1e-5, atol=1e-5)
-    for fast, ref in zip(dv_fast, dv_plain):
-        np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-4)
+        fast_results = _value_and_grads(block, x, upstream)
+    _assert_same_values_and_grads(fast_results, plain_results, weight_rtol=1e-4)
 
 
 @pytest.mark.parametrize("layer_scale", [0.5, None])
