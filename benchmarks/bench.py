@@ -136,6 +136,11 @@ def keras_entries(args, names):
         compiled(model)
         return Entry(name, model.predict_on_batch, model.train_on_batch, context)
 
+    def keras_application(policy=contextlib.nullcontext):
+        constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
+        with policy():
+            return constructor(weights=None, input_shape=shape)
+
     if "ours" in names:
         entries.append(entry("ours", keras_convnext.build(args.variant, input_shape=shape)))
     if "ours_plain" in names:
@@ -144,15 +149,11 @@ def keras_entries(args, names):
             model = keras_convnext.build(args.variant, input_shape=shape)
         entries.append(entry("ours_plain", model, lambda: dispatch.fast_paths(False)))
     if "keras" in names and args.variant in KERAS_APPLICATIONS:
-        constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
-        entries.append(entry("keras", constructor(weights=None, input_shape=shape)))
+        entries.append(entry("keras", keras_application()))
     if "ours_bf16" in names:
         entries.append(entry("ours_bf16", bf16_model(args)))
     if "keras_bf16" in names and args.variant in KERAS_APPLICATIONS:
-        constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
-        with mixed_bfloat16():
-            model = constructor(weights=None, input_shape=shape)
-        entries.append(entry("keras_bf16", model))
+        entries.append(entry("keras_bf16", keras_application(mixed_bfloat16)))
     return entries
 
 

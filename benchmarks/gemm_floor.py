@@ -50,10 +50,7 @@ def training_gemms(shapes, stem):
     for (m, k, n), count in shapes.items():
         out[(m, k, n)] += count                       # y = x W
         out[(k, m, n)] += count                       # dW = x^T dy
-        if (m, k, n) != stem:
-            out[(m, n, k)] += count                   # dx = dy W^T
-        else:
-            out[(m, n, k)] += count - 1
+        out[(m, n, k)] += count - ((m, k, n) == stem)  # dx = dy W^T, none for the stem's input
     return +out
 
 

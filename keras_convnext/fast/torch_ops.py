@@ -1,4 +1,5 @@
-"""Depthwise convolution for PyTorch without the layout copies of Keras' torch backend.
+"""PyTorch fast paths: convolutions without the layout copies of Keras' torch backend, and
+oneDNN GEMMs for the 1x1 convs (with GELU, LayerScale and the shortcut fused at inference).
 
 Keras' torch ``conv`` turns an NHWC input into NCHW with ``permute(...).contiguous()`` (a
 copy), then back into channels_last memory with ``.contiguous(memory_format=channels_last)``
@@ -64,11 +65,12 @@ def depthwise_conv2d(inputs, kernel, bias, padding, data_format):
 
 
 def dense(inputs, kernel, bias, gelu=False):
-    """``inputs @ kernel + bias`` as one ``F.linear`` (addmm: the bias is added inside the GEMM
-    instead of in a second pass over the output), then exact GELU when ``gelu``. Without
-    autograd (inference) on a oneDNN build, the GELU runs inside the GEMM as a oneDNN post-op
-    (``mkldnn._linear_pointwise``, the op that ``torch.compile`` fuses to; the same erf GELU).
-    ``kernel`` is Keras' (in, out)."""
+    """``inputs @ kernel + bias`` as one GEMM with the bias added inside it (not in a second
+    pass over the output), then exact GELU when ``gelu``. On a oneDNN build (not under
+    torch.compile) the GEMM is oneDNN's (``_OneDNNLinear`` in training), and without autograd
+    (inference) the GELU runs inside it as a post-op (``mkldnn._linear_pointwise``, the op that
+    ``torch.compile`` fuses to; the same erf GELU); otherwise ``F.linear``. ``kernel`` is Keras'
+    (in, out)."""
     kernel = kernel.to(inputs.dtype)
     if bias is not None:
         bias = bias.to(inputs.dtype)
@@ -76,7 +78,7 @@ def dense(inputs, kernel, bias, gelu=False):
     if gelu and _onednn_inference():
         return torch.ops.mkldnn._linear_pointwise(
             inputs.contiguous(), weight, bias, "gelu", [], "none")
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and _has_linear_pointwise():
+    if torch.is_grad_enabled() and _onednn_eager():
         out = _OneDNNLinear.apply(inputs.contiguous(), kernel, bias)
     else:
         out = F.linear(inputs, weight, bias)
@@ -130,12 +132,16 @@ def dense_scale_add(inputs, kernel, bias, scale, residual):
         inputs.contiguous(), residual.to(dtype).contiguous(), weight, bias, "add")
 
 
+def _onednn_eager():
+    """True where oneDNN's linear ops may run: a torch build that has them, and not under
+    torch.compile (inductor cannot lower them and fuses by itself)."""
+    return not torch.compiler.is_compiling() and _has_linear_pointwise()
+
+
 def _onednn_inference():
-    """True where oneDNN's fused linear ops may run: no autograd (their outputs have no
-    gradient), not under torch.compile (inductor cannot lower them and fuses by itself), and a
-    torch build that has them."""
-    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and _has_linear_pointwise())
+    """``_onednn_eager`` without autograd: where the fused ops (outputs without gradients) may
+    run."""
+    return not torch.is_grad_enabled() and _onednn_eager()
 
 
 _LINEAR_POINTWISE = None
