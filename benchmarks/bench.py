@@ -25,17 +25,26 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _path in (REPO, HERE):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from harness import (  # noqa: E402  (benchmarks/harness.py)
+    ALL_BACKENDS,
+    Entry,
+    add_throughput,
+    cpu_flags,
+    cpu_name,
+    interleaved,
+    load_average,
+    run_in_backend,
+)
 
 KERAS_APPLICATIONS = {
     "tiny": "ConvNeXtTiny",
@@ -44,39 +53,6 @@ KERAS_APPLICATIONS = {
     "large": "ConvNeXtLarge",
     "xlarge": "ConvNeXtXLarge",
 }
-ALL_BACKENDS = ("tensorflow", "jax", "torch")
-
-
-# ------------------------------------------------------------------------------ machine facts
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def load_average():
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------------------------- models
@@ -104,16 +80,6 @@ def import_timm():
             return timm
         except Exception:  # noqa: BLE001 - any failure means "not importable"
             return None
-
-
-class Entry:
-    """One model under test: how to call it for inference and for a training step."""
-
-    def __init__(self, name, infer, train=None, context=None):
-        self.name = name
-        self.infer = infer
-        self.train = train
-        self.context = context or contextlib.nullcontext
 
 
 def keras_entries(args, names):
@@ -216,37 +182,6 @@ def timm_entry(args):
 
 
 # ------------------------------------------------------------------------------------ timing
-
-
-def interleaved(entries, call, rounds, warmup):
-    """Times ``call(entry)`` for every entry, alternating the order each round.
-
-    Returns {name: {"first_s", "times_s", "median_s"}}; the first call of each entry is timed
-    alone (it traces and compiles), then ``warmup`` rounds are dropped.
-    """
-    out = {e.name: {"first_s": None, "times_s": []} for e in entries}
-    for e in entries:
-        with e.context():
-            start = time.perf_counter()
-            call(e)
-            out[e.name]["first_s"] = round(time.perf_counter() - start, 3)
-    for r in range(warmup + rounds):
-        order = entries if r % 2 == 0 else entries[::-1]
-        for e in order:
-            with e.context():
-                start = time.perf_counter()
-                call(e)
-                elapsed = time.perf_counter() - start
-            if r >= warmup:
-                out[e.name]["times_s"].append(round(elapsed, 5))
-    for name, rec in out.items():
-        rec["median_s"] = statistics.median(rec["times_s"])
-    return out
-
-
-def add_throughput(results, batch):
-    for rec in results.values():
-        rec["img_s"] = round(batch / rec["median_s"], 3)
 
 
 def ratios(results):
@@ -514,21 +449,14 @@ def main(argv=None):
     if args.backends:
         backends = ALL_BACKENDS if args.backends == "all" else args.backends.split(",")
         reports = []
+        child = _drop_option(_drop_option(
+            list(argv if argv is not None else sys.argv[1:]), "--backends"), "--json")
         for backend in backends:
-            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-                path = f.name
-            child = [a for a in (argv if argv is not None else sys.argv[1:])]
-            child = _drop_option(_drop_option(child, "--backends"), "--json")
-            env = {**os.environ, "KERAS_BACKEND": backend,
-                   "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-            code = subprocess.call([sys.executable, os.path.abspath(__file__), *child,
-                                    "--json", path], env=env)
-            if code == 0:
-                with open(path) as f:
-                    reports.append(json.load(f))
+            report = run_in_backend(__file__, child, backend, stream=True)
+            if "error" in report:
+                print(f"[{backend}] failed: {report['error']}", file=sys.stderr)
             else:
-                print(f"[{backend}] failed with exit code {code}", file=sys.stderr)
-            os.unlink(path)
+                reports.append(report)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(reports, f, indent=1)

@@ -21,11 +21,11 @@ What is measured, per backend (each in its own process):
 * parameters (trainable, and all weights incl. BatchNorm statistics);
 * FLOPs: multiply-accumulates for one image by ``keras_convnext.flops.count_flops`` (conv and
   dense layers, the paper's convention) plus attention's two activation matmuls, ``Q K^T`` and
-  ``softmax(.) V`` (``keras_convnext.flops_attention``), so that Swin is counted as the Swin paper
+  ``softmax(.) V`` (``benchmarks/flops_attention.py``), so that Swin is counted as the Swin paper
   counts itself;
 * inference (``predict_on_batch``) and training-step (``train_on_batch``, AdamW,
   sparse cross-entropy) throughput, the three models interleaved in one process with
-  ``benchmarks/bench.py``'s ``interleaved`` (order alternates each round, first call timed apart,
+  ``benchmarks/harness.py``'s ``interleaved`` (order alternates each round, first call timed apart,
   warm-up rounds dropped, median kept);
 * with ``--memory``: peak memory of a training step, each model in a fresh process: the resident
   set (RSS) sampled every 2 ms by a thread during the steady-state steps, minus the RSS just
@@ -47,9 +47,7 @@ import math
 import os
 import platform
 import resource
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -60,10 +58,10 @@ for path in (REPO, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import bench  # noqa: E402  (benchmarks/bench.py: timing utilities)
+import harness  # noqa: E402  (benchmarks/harness.py: timing and per-backend processes)
 
 MODELS = ("convnext_t", "swin_t", "resnet50")
-ALL_BACKENDS = ("tensorflow", "jax", "torch")
+ALL_BACKENDS = harness.ALL_BACKENDS
 LABELS = {"convnext_t": "ConvNeXt-T", "swin_t": "Swin-T", "resnet50": "ResNet-50"}
 
 # Quoted from the ConvNeXt paper (ImageNet-1k, 224 px): Table 1 and Figure 2. Not measured here.
@@ -137,7 +135,7 @@ def build_model(name, size=224, classes=1000, drop_path=None, window=None, seed=
 
 def model_facts(model, size):
     """Parameters and FLOPs (multiply-accumulates, one image) of a built model."""
-    from keras_convnext.flops_attention import count_flops_with_attention
+    from flops_attention import count_flops_with_attention
 
     flops = count_flops_with_attention(model, (size, size, 3))
     trainable = sum(math.prod(int(d) for d in v.shape) for v in model.trainable_weights)
@@ -181,7 +179,7 @@ def run_speed(args):
 
     backend = keras.backend.backend()
     report = {"backend": backend, "keras": keras.__version__, "batch": args.batch,
-              "size": args.size, "load_before": bench.load_average(), "models": {}}
+              "size": args.size, "load_before": harness.load_average(), "models": {}}
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32")
     labels = rng.integers(0, 1000, (args.batch,)).astype("int32")
@@ -195,7 +193,7 @@ def run_speed(args):
             rec["build_s"] = round(time.perf_counter() - start, 2)
             rec.update(model_facts(model, args.size))
             _compiled(model)
-            entry = bench.Entry(name, model.predict_on_batch, model.train_on_batch)
+            entry = harness.Entry(name, model.predict_on_batch, model.train_on_batch)
             # The first call traces and compiles: timed here, apart; a model that cannot run
             # is reported, not timed.
             start = time.perf_counter()
@@ -208,8 +206,8 @@ def run_speed(args):
             print(f"[{backend}] {name} failed: {rec['error']}", file=sys.stderr, flush=True)
 
     if entries and not args.no_speed:
-        inference = bench.interleaved(entries, lambda e: e.infer(images), args.steps, args.warmup)
-        bench.add_throughput(inference, args.batch)
+        inference = harness.interleaved(entries, lambda e: e.infer(images), args.steps, args.warmup)
+        harness.add_throughput(inference, args.batch)
         trainable = []
         for e in entries:  # a model whose train step fails is reported, the others timed
             try:
@@ -219,14 +217,14 @@ def run_speed(args):
                 trainable.append(e)
             except Exception as err:  # noqa: BLE001
                 report["models"][e.name]["train_error"] = _error(err)
-        train = bench.interleaved(trainable, lambda e: e.train(images, labels),
+        train = harness.interleaved(trainable, lambda e: e.train(images, labels),
                                   args.train_steps, args.train_warmup)
-        bench.add_throughput(train, args.batch)
+        harness.add_throughput(train, args.batch)
         for name, rec in inference.items():
             report["models"][name]["inference"] = rec
         for name, rec in train.items():
             report["models"][name]["train"] = rec
-    report["load_after"] = bench.load_average()
+    report["load_after"] = harness.load_average()
     return report
 
 
@@ -287,8 +285,9 @@ def run_training(args):
     """The three trained with one recipe on the bundled digits, on the current backend."""
     import keras
 
-    from training import augment, data, recipe
     from training import config as config_lib
+    from training import data, strategy
+    from training.session import TrainingSession
 
     size = args.train_size
     steps_per_epoch = args.train_steps_per_epoch
@@ -298,7 +297,7 @@ def run_training(args):
         "image_size": size, "epochs": args.train_epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": args.train_batch, "ema": False, "drop_path": 0.0,
         "lr": values["lr"] * args.train_batch / values["batch_size"],
-        "warmup_epochs": max(args.train_epochs * 0.1, 0.0), "seed": 0,
+        "warmup_epochs": max(args.train_epochs * 0.1, 0.0), "seed": 0, "verbose": 2,
     })
     config = config_lib.make_config(values)
     source = data.load(config)
@@ -311,23 +310,16 @@ def run_training(args):
                                              "rand_augment_factor", "random_erasing", "mixup",
                                              "cutmix", "mixup_prob", "crop_scale", "drop_path",
                                              "ema")},
-           "load_before": bench.load_average(), "models": {}}
+           "load_before": harness.load_average(), "models": {}}
     for name in args.models:
         rec = out["models"].setdefault(name, {})
         try:
-            train_ds = data.train_pipeline(source, config, args.train_batch,
-                                           augment.image_augment(config),
-                                           augment.batch_augment(config))
-            val_ds = data.eval_pipeline(source, config, args.train_batch)
-            model = build_model(name, size, classes=source.num_classes, drop_path=0.0)
-            warmup = int(round(config.warmup_epochs * steps_per_epoch))
-            optimizer = recipe.make_optimizer(model, config, (3, 3, 9, 3), config.lr, total,
-                                              warmup, ema_decay=None)
-            model.compile(optimizer=optimizer, loss=recipe.make_loss(config),
-                          metrics=["accuracy"])
+            session = TrainingSession(config, strategy.Runtime("default"), source)
+            train_ds, val_ds = session.datasets()
+            model = session.compile(lambda: build_model(
+                name, size, classes=source.num_classes, drop_path=0.0))
             start = time.perf_counter()
-            history = model.fit(train_ds, epochs=args.train_epochs,
-                                steps_per_epoch=steps_per_epoch, verbose=2)
+            history = session.fit(model, train_ds, None, session.callbacks())
             rec["train_s"] = round(time.perf_counter() - start, 1)
             start = time.perf_counter()
             loss, acc = model.evaluate(val_ds, verbose=0)
@@ -340,7 +332,7 @@ def run_training(args):
             rec["traceback"] = traceback.format_exc()[-3000:]
             print(f"[training] {name} failed: {rec['error']}", file=sys.stderr, flush=True)
         print(f"[training] {name}: {rec}", flush=True)
-    out["load_after"] = bench.load_average()
+    out["load_after"] = harness.load_average()
     return out
 
 
@@ -349,33 +341,17 @@ def run_training(args):
 
 def _child(mode, backend, args, extra=()):
     """Runs this script as ``mode`` under ``backend`` in a fresh process; its JSON or an error."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--out", path,
-           "--batch", str(args.batch), "--size", str(args.size),
-           "--models", ",".join(args.models), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--train-steps", str(args.train_steps),
-           "--train-warmup", str(args.train_warmup), "--memory-steps", str(args.memory_steps),
-           "--train-size", str(args.train_size), "--train-batch", str(args.train_batch),
-           "--train-epochs", str(args.train_epochs),
-           "--train-steps-per-epoch", str(args.train_steps_per_epoch), *extra]
-    env = {**os.environ, "KERAS_BACKEND": backend,
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    wall = round(time.perf_counter() - start, 1)
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
-        result = {"error": f"exit code {proc.returncode}: " + " | ".join(tail)[-600:]}
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
-    result["wall_s"] = wall
-    print(f"[{backend}] {mode}{' ' + ' '.join(extra) if extra else ''}: done in {wall} s",
-          flush=True)
+    argv = ["--child", mode,
+            "--batch", str(args.batch), "--size", str(args.size),
+            "--models", ",".join(args.models), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--train-steps", str(args.train_steps),
+            "--train-warmup", str(args.train_warmup), "--memory-steps", str(args.memory_steps),
+            "--train-size", str(args.train_size), "--train-batch", str(args.train_batch),
+            "--train-epochs", str(args.train_epochs),
+            "--train-steps-per-epoch", str(args.train_steps_per_epoch), *extra]
+    result = harness.run_in_backend(__file__, argv, backend, "--out", timeout=args.timeout)
+    print(f"[{backend}] {mode}{' ' + ' '.join(extra) if extra else ''}: done in "
+          f"{result['wall_s']} s", flush=True)
     return result
 
 
@@ -383,7 +359,7 @@ def run_all(args):
     backends = (ALL_BACKENDS if args.backends == "all" else
                 () if args.backends == "none" else tuple(args.backends.split(",")))
     results = {
-        "machine": {"cpu": bench.cpu_name(), "cores": os.cpu_count(),
+        "machine": {"cpu": harness.cpu_name(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "python": platform.python_version()},
         "paper": PAPER,
         "settings": {"batch": args.batch, "size": args.size, "inference_rounds": args.steps,
@@ -591,7 +567,7 @@ def main(argv=None):
         results = run_all(args)
     else:
         speed = run_speed(args)
-        results = {"machine": {"cpu": bench.cpu_name(), "cores": os.cpu_count()},
+        results = {"machine": {"cpu": harness.cpu_name(), "cores": os.cpu_count()},
                    "paper": PAPER, "settings": {"batch": args.batch, "size": args.size},
                    "backends": {speed["backend"]: speed}}
     if args.json:

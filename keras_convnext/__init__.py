@@ -8,7 +8,8 @@ from keras_convnext.layers import (
     StochasticDepth,
     Stem,
 )
-from keras_convnext.model import ConvNeXt, feature_extractor
+from keras_convnext.architecture import StageInfo, parse as parse_layer_path
+from keras_convnext.model import ConvNeXt, feature_extractor, stages
 from keras_convnext.variants import (
     VARIANTS,
     ConvNeXtAtto,

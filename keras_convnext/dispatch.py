@@ -172,12 +172,36 @@ class Dense(keras.layers.Dense):
         )
 
 
+def _tensorflow_nchw_conv(layer, inputs):
+    """TensorFlow's CPU ``Conv2D`` kernel takes NHWC only (its NCHW kernel comes with oneDNN on
+    AVX-512 machines, and Keras passes NCHW through): a channels_first conv on TensorFlow runs
+    on the NHWC view, the same arithmetic. None where this does not apply. Not a fast path:
+    it is how channels_first runs at all there, so the fast-path switch leaves it on."""
+    if keras.backend.backend() != "tensorflow" or layer.data_format != "channels_first":
+        return None
+    if getattr(layer, "quantization_mode", None) is not None or getattr(layer, "lora_enabled", False):
+        return None
+    x = ops.transpose(inputs, (0, 2, 3, 1))
+    y = ops.conv(x, ops.cast(layer.kernel, x.dtype), strides=layer.strides,
+                 padding=layer.padding, data_format="channels_last",
+                 dilation_rate=layer.dilation_rate)
+    if layer.use_bias:
+        y = y + ops.cast(layer.bias, y.dtype)
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return ops.transpose(y, (0, 3, 1, 2))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Conv2D(keras.layers.Conv2D):
     """``keras.layers.Conv2D`` (same variables and config); on torch, ``conv2d`` on the caller's
-    channels_last memory with the bias fused (no layout copies), as for ``DepthwiseConv2D``."""
+    channels_last memory with the bias fused (no layout copies), as for ``DepthwiseConv2D``;
+    on TensorFlow, channels_first on an NHWC view (``_tensorflow_nchw_conv``)."""
 
     def call(self, inputs):
+        outputs = _tensorflow_nchw_conv(self, inputs)
+        if outputs is not None:
+            return outputs
         if not _plain_linear_layer(self):
             return super().call(inputs)
         from keras_convnext.fast import torch_ops

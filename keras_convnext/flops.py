@@ -35,6 +35,7 @@ import re
 
 import keras
 
+from keras_convnext import architecture
 from keras_convnext.layers import LayerScale
 
 __all__ = [
@@ -259,15 +260,15 @@ def count_flops(model, input_shape=None, counters=None):
 
 
 def stage_of(layer_name):
-    """``"stage_{i}"`` for a layer named ``stage_{i}_...``, else None."""
-    match = re.match(r"stage_(\d+)_", layer_name)
-    return f"stage_{match.group(1)}" if match else None
+    """``"stage_{i}"`` for a downsampling layer or block of stage i, else None."""
+    stage = architecture.stage_of(layer_name)
+    return architecture.stage_name(stage) if stage is not None else None
 
 
 def _group_by_stage(model, values):
     """Sums ``values[layer name]`` into ``stem``, ``stage_0`` ... ``stage_3``, ``head``.
 
-    Layers named ``stage_{i}_*`` (blocks and the downsampling before them) form stage i; the
+    A stage is its blocks and the downsampling before it (``keras_convnext.architecture``); the
     layers before the first stage are the stem, those after the last one the head.
     """
     groups = {"stem": 0}

@@ -19,12 +19,12 @@ PACKAGE = "keras_convnext"
 LAYER_NORM_EPSILON = 1e-6
 
 
-def _conv_initializer():
+def conv_initializer():
     # The reference initializes every conv and linear weight with trunc_normal(std=0.02).
     return keras.initializers.TruncatedNormal(stddev=0.02)
 
 
-def _channel_axis(data_format):
+def channel_axis(data_format):
     return 1 if data_format == "channels_first" else -1
 
 
@@ -36,13 +36,13 @@ def _to_data_format(x, data_format):
     return ops.transpose(x, (0, 3, 1, 2)) if data_format == "channels_first" else x
 
 
-def _channel_norm(norm, x, data_format):
+def channel_norm(norm, x, data_format):
     """LayerNorm over channels. With channels_first it normalizes a transposed NHWC view
     (Keras' torch backend mis-handles LayerNormalization(axis=1) on 4D tensors)."""
     return _to_data_format(norm(_to_channels_last(x, data_format)), data_format)
 
 
-def _check_data_format(data_format):
+def check_data_format(data_format):
     data_format = data_format or keras.config.image_data_format()
     if data_format not in ("channels_last", "channels_first"):
         raise ValueError(
@@ -146,13 +146,13 @@ class ConvNeXtBlock(keras.layers.Layer):
         self.layer_scale_init_value = layer_scale_init_value
         self.drop_path_rate = float(drop_path_rate)
         self.seed = seed
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check_data_format(data_format)
         common = {"dtype": self.dtype_policy}
         self.dwconv = depthwise_conv_layer(
             kernel_size=self.kernel_size,
             padding="same",
             data_format=self.data_format,
-            depthwise_initializer=_conv_initializer(),
+            depthwise_initializer=conv_initializer(),
             name="dwconv",
             **common,
         )
@@ -162,11 +162,11 @@ class ConvNeXtBlock(keras.layers.Layer):
         hidden = int(mlp_ratio * self.dim)
         # GELU (exact) belongs to pwconv1 so that a backend can fuse it into the GEMM.
         self.pwconv1 = dense_layer(
-            hidden, activation="gelu", kernel_initializer=_conv_initializer(), name="pwconv1",
+            hidden, activation="gelu", kernel_initializer=conv_initializer(), name="pwconv1",
             **common
         )
         self.pwconv2 = dense_layer(
-            self.dim, kernel_initializer=_conv_initializer(), name="pwconv2", **common
+            self.dim, kernel_initializer=conv_initializer(), name="pwconv2", **common
         )
         self.layer_scale = (
             LayerScale(layer_scale_init_value, name="layer_scale", **common)
@@ -180,7 +180,7 @@ class ConvNeXtBlock(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        channels = input_shape[_channel_axis(self.data_format)]
+        channels = input_shape[channel_axis(self.data_format)]
         if channels is not None and channels != self.dim:
             raise ValueError(
                 f"{self.name}: expected {self.dim} input channels, got input shape {input_shape}"
@@ -233,13 +233,13 @@ class Stem(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.patch_size = int(patch_size)
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self.conv = conv_layer(
             self.dim,
             self.patch_size,
             strides=self.patch_size,
             data_format=self.data_format,
-            kernel_initializer=_conv_initializer(),
+            kernel_initializer=conv_initializer(),
             name="conv",
             dtype=self.dtype_policy,
         )
@@ -254,7 +254,7 @@ class Stem(keras.layers.Layer):
         self.norm.build((None, None, None, self.dim))
 
     def call(self, inputs):
-        return _channel_norm(self.norm, self.conv(inputs), self.data_format)
+        return channel_norm(self.norm, self.conv(inputs), self.data_format)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -275,7 +275,7 @@ class Downsample(keras.layers.Layer):
     def __init__(self, dim, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self.norm = keras.layers.LayerNormalization(
             epsilon=LAYER_NORM_EPSILON,
             name="norm",
@@ -286,17 +286,17 @@ class Downsample(keras.layers.Layer):
             2,
             strides=2,
             data_format=self.data_format,
-            kernel_initializer=_conv_initializer(),
+            kernel_initializer=conv_initializer(),
             name="conv",
             dtype=self.dtype_policy,
         )
 
     def build(self, input_shape):
-        self.norm.build((None, None, None, input_shape[_channel_axis(self.data_format)]))
+        self.norm.build((None, None, None, input_shape[channel_axis(self.data_format)]))
         self.conv.build(input_shape)
 
     def call(self, inputs):
-        return self.conv(_channel_norm(self.norm, inputs, self.data_format))
+        return self.conv(channel_norm(self.norm, inputs, self.data_format))
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -317,7 +317,7 @@ class ImageNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check_data_format(data_format)
 
     def call(self, inputs):
         shape = (-1, 1, 1) if self.data_format == "channels_first" else (-1,)

@@ -1,47 +1,21 @@
-"""The ConvNeXt family as one table, and the public constructors made from it.
+"""The public constructors of the family, made from the table in ``keras_convnext.architecture``.
 
-Depths and widths are the paper's (T, S, B, L, XL) and timm's small variants (atto ... nano).
-``default_drop_path_rate`` is the paper's ImageNet-1k stochastic depth for the variant (the
-constructors themselves default to 0.0, like keras.applications: it is a training choice).
+``ConvNeXtAtto`` ... ``ConvNeXtXLarge`` are generated, one per table row, with a real signature
+(``inspect.signature``, ``help()`` and IDEs show the keyword arguments) and one shared docstring.
 """
 
-import dataclasses
+import inspect
 
+from keras_convnext.architecture import VARIANTS, Variant, get_variant  # noqa: F401
 from keras_convnext.model import ConvNeXt
 
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    name: str
-    depths: tuple
-    dims: tuple
-    default_drop_path_rate: float = 0.0
-
-
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("atto", (2, 2, 6, 2), (40, 80, 160, 320), 0.0),
-        Variant("femto", (2, 2, 6, 2), (48, 96, 192, 384), 0.0),
-        Variant("pico", (2, 2, 6, 2), (64, 128, 256, 512), 0.0),
-        Variant("nano", (2, 2, 8, 2), (80, 160, 320, 640), 0.0),
-        Variant("tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1),
-        Variant("small", (3, 3, 27, 3), (96, 192, 384, 768), 0.4),
-        Variant("base", (3, 3, 27, 3), (128, 256, 512, 1024), 0.5),
-        Variant("large", (3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
-        Variant("xlarge", (3, 3, 27, 3), (256, 512, 1024, 2048), 0.5),
-    )
-}
-
-
-def get_variant(name):
-    """The table entry for ``name`` ("tiny", "convnext_tiny" or "ConvNeXtTiny" all work)."""
-    key = str(name).lower().replace("convnext", "").strip("_-")
-    if key not in VARIANTS:
-        raise ValueError(
-            f"unknown ConvNeXt variant {name!r}; choose one of {', '.join(VARIANTS)}"
-        )
-    return VARIANTS[key]
+# The keyword arguments a variant constructor takes: ConvNeXt's (its __signature__, which
+# lists the model options it forwards), less the architecture.
+_ARCHITECTURE_ARGS = ("depths", "dims", "model_name", "kernel_size")
+_PARAMETERS = [
+    p for name, p in inspect.signature(ConvNeXt).parameters.items()
+    if name not in _ARCHITECTURE_ARGS
+]
 
 
 def build(name, **kwargs):
@@ -56,7 +30,8 @@ _DOC = """Builds ConvNeXt-{title}: depths {depths}, widths {dims}.
     Takes the keyword arguments of ``keras_convnext.ConvNeXt`` (keras.applications conventions):
     include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
     classes=1000, classifier_activation="softmax", include_preprocessing=True,
-    drop_path_rate=0.0 (paper: {drop}), layer_scale_init_value=1e-6, seed=None.
+    drop_path_rate=0.0 (paper: {drop}), layer_scale_init_value=1e-6, seed=None,
+    skip_mismatched_head=False, name=None.
     """
 
 
@@ -69,6 +44,7 @@ def _constructor(variant):
     constructor.__doc__ = _DOC.format(
         title=title, depths=variant.depths, dims=variant.dims, drop=variant.default_drop_path_rate
     )
+    constructor.__signature__ = inspect.Signature(_PARAMETERS)
     return constructor
 
 

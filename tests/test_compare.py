@@ -1,4 +1,4 @@
-"""benchmarks/compare.py's machinery and the attention FLOPs counter (keras_convnext.flops_attention).
+"""benchmarks/compare.py's machinery and the attention FLOPs counter (benchmarks/flops_attention.py).
 
 The attention counts are checked against hand computations on small layers on every backend; the
 full-size Swin-T (slow to build) is checked once, in the tensorflow pass. The comparison's timing
@@ -6,23 +6,24 @@ code runs on a tiny stand-in model: timings live in benchmarks/, never in the te
 """
 
 import argparse
-import json
 import os
 import sys
+import time
 
 import keras
+import numpy as np
 import pytest
-from conftest import REPO, run_once_across_backends
+from conftest import REPO, run_once_across_backends, run_python
 
 from keras_convnext.flops import count_flops
-from keras_convnext.flops_attention import (
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import compare  # noqa: E402
+from flops_attention import (  # noqa: E402  (benchmarks/flops_attention.py)
     attention_counters,
     attention_macs,
     count_flops_with_attention,
 )
-
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import compare  # noqa: E402
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -80,9 +81,18 @@ def test_swin_window_attention_counted_by_hand():
 
 
 def test_counters_register_keras_hub_only_when_imported():
-    counters = attention_counters()
+    counters = attention_counters()  # keras_hub was imported above
     assert keras.layers.MultiHeadAttention in counters
     assert any(c.__name__ == "WindowAttention" for c in counters)
+
+
+@run_once_across_backends("imports in a fresh process")
+def test_counters_leave_keras_hub_alone_when_it_was_not_imported():
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import keras; "
+            "from flops_attention import attention_counters; "
+            "print(sorted(c.__name__ for c in attention_counters()), 'keras_hub' in sys.modules)")
+    out = run_python(code, "tensorflow").strip().splitlines()[-1]
+    assert out == "['MultiHeadAttention'] False"
 
 
 @run_once_across_backends("a property of the architecture")
@@ -129,8 +139,34 @@ def test_speed_and_memory_machinery(monkeypatch):
     assert "first_s" in tiny["inference"] and tiny["train_first_s"] > 0
     # a model that fails is reported with its error, and the others are still timed
     assert report["models"]["broken"]["error"] == "RuntimeError: cannot be configured"
-    memory = compare.run_memory(_args(), "tiny")
-    assert memory["step_peak_rss_mb"] >= memory["rss_before_steps_mb"] > 0
+
+
+@run_once_across_backends("samples this process's memory; benchmarks/ runs every backend")
+def test_memory_sampler_sees_a_steps_transient_allocation(monkeypatch):
+    """A train step that briefly holds 256 MiB more must show as ~256 MiB over the resident
+    memory before the steps (the sampler runs while the steps do, not just before them)."""
+    monkeypatch.setattr(compare, "build_model", _stand_in)
+    compiled = compare._compiled
+
+    def with_transient(model, lr=1e-4):
+        model = compiled(model, lr)
+        step = model.train_on_batch
+        calls = []
+
+        def train_on_batch(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:  # the steady-state steps, not the first (compiling) one
+                block = np.ones(256 * 1024 * 1024 // 8)  # touched: resident
+                time.sleep(0.05)
+                del block
+            return step(*args, **kwargs)
+
+        model.train_on_batch = train_on_batch
+        return model
+
+    monkeypatch.setattr(compare, "_compiled", with_transient)
+    memory = compare.run_memory(_args(memory_steps=2), "tiny")
+    assert 200 <= memory["step_peak_over_resident_mb"] < 400, memory
     assert memory["process_maxrss_mb"] >= memory["step_peak_rss_mb"] * 0.99
 
 
@@ -159,6 +195,5 @@ def test_table_and_plot(tmp_path):
     assert "| torch | all | failed: exit code 1: boom |" in table
     assert "| ConvNeXt-T | 50.0% |" in table
     assert "2.000 (1.900 / 0.100)" in table
-    json.dumps(results)
     compare.plot(results, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000

@@ -228,7 +228,7 @@ def test_jit_compiled_training_and_inference(rng):
     if BACKEND == "torch":
         # torch.compile (inductor) of a training step takes minutes on 2 CPU cores: the compiled
         # forward above is what CI checks; the compiled train step is checked by hand.
-        return
+        pytest.skip("the compiled forward passed; torch.compile of a train step takes minutes")
     loss = model.train_on_batch(x, np.array([0, 1, 2, 0]))
     assert np.isfinite(loss)
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 from PIL import Image
@@ -89,12 +88,14 @@ def test_sigkill_mid_epoch_then_rerun_resumes_each_epoch_once(tmp_path):
     args = [*TINY_FLAGS, "--epochs", "4", "--steps-per-epoch", "40", "--validation-steps", "2",
             "--no-export", "--output", str(out)]
     latest = out / "checkpoints" / "latest.json"
-    process = _cli(args)
-    deadline = time.time() + 300
-    while not latest.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # into the next epoch
-    assert process.poll() is None, process.communicate()
+    process = _cli([*args, "--verbose", "2"])  # Keras logs "Epoch 2/4" as epoch 2 begins
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("Epoch 2/4"):
+            break
+    assert process.poll() is None, "".join(seen) + process.communicate()[1][-3000:]
+    assert latest.exists(), "epoch 2 began before epoch 1 was checkpointed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = json.loads(latest.read_text())["epoch"]

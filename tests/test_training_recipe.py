@@ -53,7 +53,7 @@ def test_weight_decay_skips_exactly_norms_biases_and_layer_scale_on_atto():
     assert len(gammas) == 12 and len(norms) == 2 * (12 + 1 + 3 + 1)  # blocks, stem, downs, head
     assert all(p.endswith("/kernel") for p in decayed) and len(decayed) == 1 + 3 + 12 * 3 + 1
     config = make_config({}, {"dataset": "digits"})
-    optimizer = recipe.make_optimizer(model, config, (2, 2, 6, 2), 1e-3, 100, 10, 0.99)
+    optimizer = recipe.make_optimizer(model, config, 1e-3, 100, 10, 0.99)
     assert {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)} == decayed
 
 
@@ -131,7 +131,7 @@ def test_config_reaches_the_optimizer_loss_and_model():
     model = model_builder(config, 10)()
     assert model.get_layer("stage_3_block_0").drop_path.rate == pytest.approx(0.3)
     assert model_spec(make_config({}, {"dataset": "folder:x", "model": "tiny"}))[3] == 0.1
-    optimizer = recipe.make_optimizer(model, config, (1, 1, 3, 1), 1e-3, 100, 10, 0.99)
+    optimizer = recipe.make_optimizer(model, config, 1e-3, 100, 10, 0.99)
     assert optimizer.global_clipnorm == 1.0 and optimizer.use_ema
     assert optimizer.ema_momentum == 0.99 and optimizer.weight_decay == 0.05
     assert recipe.make_loss(config).label_smoothing == 0.2

@@ -14,7 +14,7 @@ import json
 import os
 import typing
 
-from keras_convnext.variants import VARIANTS
+from keras_convnext.architecture import VARIANTS, get_variant
 
 MIXED_PRECISION = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -252,11 +252,12 @@ def validate(c):
         _check(len(c.depths) == 4 and len(c.dims) == 4 and min(c.depths + c.dims) >= 1,
                f"depths={list(c.depths)} dims={list(c.dims)} (need 4 positive integers each)")
     else:
-        key = c.model.lower().replace("convnext", "").strip("_-")
-        if key not in VARIANTS:
+        try:
+            get_variant(c.model)
+        except ValueError:
             raise ConfigError(
                 f"unknown model {c.model!r}; choose one of {', '.join(VARIANTS)}"
-            )
+            ) from None
     _check(c.drop_path is None or 0.0 <= c.drop_path < 1.0,
            f"drop_path={c.drop_path} (must be in [0, 1))")
     _check(c.layer_scale_init >= 0.0, f"layer_scale_init={c.layer_scale_init} (must be >= 0)")

@@ -21,10 +21,12 @@ learning-rate decay, EMA and the loss. Backend-agnostic (Keras ops only).
 """
 
 import math
-import re
 
 import keras
 from keras import ops
+
+from keras_convnext import architecture
+from keras_convnext.model import stages
 
 PAPER_LR = 4e-3
 PAPER_BATCH = 4096
@@ -71,39 +73,41 @@ def no_weight_decay_variables(model):
     return [v for v in model.trainable_variables if len(v.shape) <= 1]
 
 
-_STAGE_BLOCK = re.compile(r"^stage_(\d)_block_(\d+)/")
-_STAGE_DOWNSAMPLE = re.compile(r"^stage_(\d)_downsample/")
-
-
 def num_layer_groups(depths):
     """Index of the last group (stage 3): 12 for depths (3, 3, 27, 3), as officially."""
     return 3 + math.ceil(depths[2] / 3)
 
 
 def layer_id(path, depths):
-    """The official ``get_num_layer_for_convnext`` group of a variable, by its Keras path."""
+    """The official ``get_num_layer_for_convnext`` group of a variable, by its Keras path as
+    ``keras_convnext.architecture.parse`` reads it (so the roadmap's ``stem_conv`` and
+    ``stage_{i}_downsample_conv`` fall in the stem's and their stage's groups)."""
     last = num_layer_groups(depths)
-    if path.startswith("stem/"):
+    where = architecture.parse(path)
+    if where is None or where.part == "head":
+        return last + 1  # head_norm, predictions (and anything else outside the trunk)
+    if where.part in ("preprocessing", "stem"):
         return 0
-    match = _STAGE_DOWNSAMPLE.match(path)
-    if match:
-        stage = int(match.group(1))
-        return stage + 1 if stage in (1, 2) else last
-    match = _STAGE_BLOCK.match(path)
-    if match:
-        stage, block = int(match.group(1)), int(match.group(2))
-        if stage in (0, 1):
-            return stage + 1
-        if stage == 2:
-            return 3 + block // 3
-        return last
-    return last + 1  # head_norm, predictions (and anything else outside the trunk)
+    if where.part == "downsample":
+        return where.stage + 1 if where.stage in (1, 2) else last
+    if where.stage in (0, 1):
+        return where.stage + 1
+    if where.stage == 2:
+        return 3 + where.block // 3
+    return last
 
 
-def layer_decay_multipliers(model, depths, decay):
-    """``{variable path: lr multiplier}``: ``decay ** (last + 1 - group)``; {} when decay is 1."""
+def model_depths(model):
+    """Blocks per stage of ``model``, from its stage description."""
+    return tuple(stage.depth for stage in stages(model))
+
+
+def layer_decay_multipliers(model, depths=None, decay=1.0):
+    """``{variable path: lr multiplier}``: ``decay ** (last + 1 - group)``; {} when decay is 1.
+    ``depths`` defaults to the model's own (its stage description)."""
     if decay >= 1.0:
         return {}
+    depths = model_depths(model) if depths is None else depths
     top = num_layer_groups(depths) + 1
     return {v.path: decay ** (top - layer_id(v.path, depths)) for v in model.trainable_variables}
 
@@ -144,8 +148,9 @@ class ConvNeXtAdamW(keras.optimizers.AdamW):
         return {**super().get_config(), "lr_multipliers": self.lr_multipliers}
 
 
-def make_optimizer(model, config, depths, peak_lr, total_steps, warmup_steps, ema_decay):
-    """The recipe's optimizer for ``model`` (call under the distribution scope)."""
+def make_optimizer(model, config, peak_lr, total_steps, warmup_steps, ema_decay):
+    """The recipe's optimizer for ``model`` (call under the distribution scope); layer-wise
+    lr decay groups by the model's stage description."""
     optimizer = ConvNeXtAdamW(
         learning_rate=lr_schedule(peak_lr, config.min_lr, total_steps, warmup_steps),
         weight_decay=config.weight_decay,
@@ -155,7 +160,7 @@ def make_optimizer(model, config, depths, peak_lr, total_steps, warmup_steps, em
         global_clipnorm=config.clip_grad_norm,
         use_ema=config.ema,
         ema_momentum=ema_decay,
-        lr_multipliers=layer_decay_multipliers(model, depths, config.layer_decay),
+        lr_multipliers=layer_decay_multipliers(model, decay=config.layer_decay),
     )
     optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
     return optimizer

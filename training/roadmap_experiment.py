@@ -30,11 +30,10 @@ import time  # noqa: E402
 
 import keras  # noqa: E402
 
-from keras_convnext import count_flops, roadmap  # noqa: E402
-from training import augment, data, recipe, strategy  # noqa: E402
+from keras_convnext import count_flops, get_variant, roadmap  # noqa: E402
+from training import cli, data, strategy  # noqa: E402
 from training.config import ConfigError, build_parser, load_file, make_config  # noqa: E402
-from training.data import DataError  # noqa: E402
-from training.train import EmaEvaluation, NanGuard  # noqa: E402
+from training.session import TrainingSession, drop_path_rate  # noqa: E402
 
 RESULT_COLUMNS = ("step", "params", "gflops", "val_accuracy", "best_val_accuracy", "seconds")
 
@@ -95,7 +94,8 @@ def build_step(step, config, num_classes, width_divisor=1):
         step,
         input_shape=(config.image_size, config.image_size, 3),
         classes=num_classes,
-        drop_path_rate=config.drop_path or 0.0,
+        # drop_path=None: ConvNeXt-T's paper value, the recipe every step is trained with
+        drop_path_rate=drop_path_rate(config, get_variant("tiny").default_drop_path_rate),
         layer_scale_init_value=config.layer_scale_init or None,
         seed=config.seed,
         **overrides,
@@ -104,46 +104,17 @@ def build_step(step, config, num_classes, width_divisor=1):
 
 def train_step(step, experiment, runtime, source, log=print):
     """Trains one roadmap step from scratch; returns its result row (and history)."""
-    config = experiment.config
     start = time.time()
-    keras.utils.set_random_seed(config.seed)  # the same initial randomness for every step
-    global_batch = config.batch_size * runtime.num_replicas
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = config.steps_per_epoch
-    elif source.num_train is None:
-        raise DataError("the training set size is unknown: set steps_per_epoch")
-    else:
-        steps_per_epoch = max(1, source.num_train // global_batch)
-    peak_lr = config.lr if config.lr is not None else recipe.default_lr(config.batch_size)
-    peak_lr *= runtime.num_replicas
-    warmup_epochs = min(config.epochs, config.warmup_epochs if config.warmup_epochs is not None
-                        else recipe.default_warmup_epochs(config.epochs))
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-
-    train_ds = data.train_pipeline(source, config, global_batch, augment.image_augment(config),
-                                   augment.batch_augment(config))
-    val_ds = data.eval_pipeline(source, config, global_batch)
-    with runtime.scope():
-        model = build_step(step, config, source.num_classes, experiment.width_divisor)
-        depths = config.depths or roadmap.get_config(step).depths
-        optimizer = recipe.make_optimizer(
-            model, config, depths, peak_lr, total_steps, warmup_steps,
-            recipe.ema_decay_for(total_steps, config.ema_decay),
-        )
-        model.compile(optimizer=optimizer, loss=recipe.make_loss(config), metrics=["accuracy"],
-                      jit_compile="auto" if config.jit_compile is None else config.jit_compile)
-    strategy.adapt_model(runtime, model)
+    keras.utils.set_random_seed(experiment.config.seed)  # the same initial randomness per step
+    session = TrainingSession(experiment.config, runtime, source)
+    train_ds, val_ds = session.datasets()
+    model = session.compile(lambda: build_step(
+        step, experiment.config, source.num_classes, experiment.width_divisor))
     gflops = count_flops(model) / 1e9
     log(f"{step}: {model.count_params():,} parameters, {gflops:.4f} GFLOPs at "
-        f"{config.image_size} px")
-
-    nan_guard = NanGuard()
-    callbacks = [nan_guard] + ([EmaEvaluation()] if config.ema else [])
-    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_ds, validation_steps=config.validation_steps,
-                        callbacks=callbacks, verbose=verbose, shuffle=False).history
+        f"{experiment.config.image_size} px")
+    history = session.fit(model, train_ds, val_ds, session.callbacks()).history
+    nan_guard = session.nan_guard
     accuracy = history.get("val_accuracy") or [math.nan]
     if nan_guard.where is not None:
         log(f"{step}: loss became NaN at epoch {nan_guard.where[0]}, step {nan_guard.where[1]}")
@@ -221,16 +192,16 @@ def run(experiment, log=print):
 
 def main(argv=None):
     """The CLI; returns the exit status (0 done, 2 bad configuration or data)."""
-    try:
+    def work():
         experiment = parse_args(argv)
-        rows = run(experiment)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_results(rows))
-    print(f"Results in {experiment.config.output}: results.csv, results.json, "
-          "roadmap_experiment.png")
-    return 0
+        return experiment, run(experiment)
+
+    def report(result):
+        experiment, rows = result
+        return (f"{format_results(rows)}\nResults in {experiment.config.output}: "
+                "results.csv, results.json, roadmap_experiment.png")
+
+    return cli.exit_status(work, report)
 
 
 if __name__ == "__main__":

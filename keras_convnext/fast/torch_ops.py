@@ -75,10 +75,10 @@ def dense(inputs, kernel, bias, gelu=False):
     if bias is not None:
         bias = bias.to(inputs.dtype)
     weight = kernel.t()  # a view: oneDNN and addmm read the transposed layout directly
-    if gelu and _onednn_inference():
+    if gelu and _onednn_inference(inputs.dtype):
         return torch.ops.mkldnn._linear_pointwise(
             inputs.contiguous(), weight, bias, "gelu", [], "none")
-    if torch.is_grad_enabled() and _onednn_eager():
+    if torch.is_grad_enabled() and _onednn_eager(inputs.dtype):
         out = _OneDNNLinear.apply(inputs.contiguous(), kernel, bias)
     else:
         out = F.linear(inputs, weight, bias)
@@ -116,7 +116,7 @@ def dense_scale_add(inputs, kernel, bias, scale, residual):
     LayerScale, shortcut) as one oneDNN GEMM whose output pass adds ``residual`` (a binary
     post-op), with the per-channel ``scale`` folded into the kernel and bias. Inference only
     (no autograd, not under torch.compile); returns None where it does not apply."""
-    if not _onednn_inference() or residual.shape[-1] != kernel.shape[-1]:
+    if not _onednn_inference(inputs.dtype) or residual.shape[-1] != kernel.shape[-1]:
         return None
     dtype = inputs.dtype
     kernel = kernel.to(torch.float32)
@@ -132,33 +132,34 @@ def dense_scale_add(inputs, kernel, bias, scale, residual):
         inputs.contiguous(), residual.to(dtype).contiguous(), weight, bias, "add")
 
 
-def _onednn_eager():
-    """True where oneDNN's linear ops may run: a torch build that has them, and not under
-    torch.compile (inductor cannot lower them and fuses by itself)."""
-    return not torch.compiler.is_compiling() and _has_linear_pointwise()
+def _onednn_eager(dtype):
+    """True where oneDNN's linear ops may run on ``dtype``: a torch build and a CPU that have
+    them (bfloat16 needs AVX-512 or AMX), and not under torch.compile (inductor cannot lower
+    them and fuses by itself)."""
+    return not torch.compiler.is_compiling() and _has_linear_pointwise(dtype)
 
 
-def _onednn_inference():
+def _onednn_inference(dtype):
     """``_onednn_eager`` without autograd: where the fused ops (outputs without gradients) may
     run."""
-    return not torch.is_grad_enabled() and _onednn_eager()
+    return not torch.is_grad_enabled() and _onednn_eager(dtype)
 
 
-_LINEAR_POINTWISE = None
+_LINEAR_POINTWISE = {}  # dtype -> whether oneDNN's linear ops run on it here
 
 
-def _has_linear_pointwise():
-    global _LINEAR_POINTWISE
-    if _LINEAR_POINTWISE is None:
+def _has_linear_pointwise(dtype):
+    if dtype not in _LINEAR_POINTWISE:
         try:
-            x = torch.ones(2, 3)
-            w = torch.ones(4, 3)
+            x = torch.ones(2, 3, dtype=dtype)
+            w = torch.ones(4, 3, dtype=dtype)
             torch.ops.mkldnn._linear_pointwise(x, w, None, "gelu", [], "none")
-            torch.ops.mkldnn._linear_pointwise.binary(x, torch.ones(2, 4), w, None, "add")
-            _LINEAR_POINTWISE = True
+            torch.ops.mkldnn._linear_pointwise.binary(
+                x, torch.ones(2, 4, dtype=dtype), w, None, "add")
+            _LINEAR_POINTWISE[dtype] = True
         except Exception:  # noqa: BLE001 - absent or unsupported: plain F.linear + F.gelu
-            _LINEAR_POINTWISE = False
-    return _LINEAR_POINTWISE
+            _LINEAR_POINTWISE[dtype] = False
+    return _LINEAR_POINTWISE[dtype]
 
 
 def conv2d_supported(strides, padding, dilation_rate, groups):

@@ -18,9 +18,10 @@ from keras_convnext.layers import (
     PACKAGE,
     LayerScale,
     StochasticDepth,
-    _channel_axis,
-    _check_data_format,
-    _conv_initializer,
+    channel_axis,
+    channel_norm,
+    check_data_format,
+    conv_initializer,
 )
 
 BATCH_NORM_MOMENTUM = 0.9  # PyTorch's 0.1, in Keras' convention
@@ -36,7 +37,7 @@ def norm_layer(kind, data_format, name, dtype=None):
     last axis; call it through ``apply_norm``, which gives LayerNorm a channels-last view."""
     if kind == "batch":
         return keras.layers.BatchNormalization(
-            axis=_channel_axis(data_format), momentum=BATCH_NORM_MOMENTUM,
+            axis=channel_axis(data_format), momentum=BATCH_NORM_MOMENTUM,
             epsilon=BATCH_NORM_EPSILON, name=name, dtype=dtype,
         )
     if kind == "layer":
@@ -48,9 +49,7 @@ def apply_norm(norm, x, data_format, training=None):
     """Normalizes the channels of ``x`` (a tensor or a KerasTensor) with a ``norm_layer``."""
     if isinstance(norm, keras.layers.BatchNormalization):
         return norm(x, training=training)
-    if data_format == "channels_first":
-        return ops.transpose(norm(ops.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
-    return norm(x)
+    return channel_norm(norm, x, data_format)
 
 
 def activation_fn(name):
@@ -132,7 +131,7 @@ class RoadmapBlock(keras.layers.Layer):
         self.layer_scale_init_value = layer_scale_init_value
         self.drop_path_rate = float(drop_path_rate)
         self.seed = seed
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self._act = activation_fn(self.activation)
 
         order = ("spatial_conv", "pwconv1") if self.spatial_first else ("pwconv1", "spatial_conv")
@@ -154,20 +153,20 @@ class RoadmapBlock(keras.layers.Layer):
         spatial = conv("spatial_conv", padding="same", strides=self.strides)
         if self.depthwise:
             self.spatial_conv = keras.layers.DepthwiseConv2D(
-                self.kernel_size, depthwise_initializer=_conv_initializer(), **spatial
+                self.kernel_size, depthwise_initializer=conv_initializer(), **spatial
             )
         else:
             self.spatial_conv = keras.layers.Conv2D(
                 self.in_channels if self.spatial_first else self.hidden,
                 self.kernel_size,
-                kernel_initializer=_conv_initializer(),
+                kernel_initializer=conv_initializer(),
                 **spatial,
             )
         self.pwconv1 = keras.layers.Conv2D(
-            self.hidden, 1, kernel_initializer=_conv_initializer(), **conv("pwconv1")
+            self.hidden, 1, kernel_initializer=conv_initializer(), **conv("pwconv1")
         )
         self.pwconv2 = keras.layers.Conv2D(
-            self.filters, 1, kernel_initializer=_conv_initializer(), **conv("pwconv2")
+            self.filters, 1, kernel_initializer=conv_initializer(), **conv("pwconv2")
         )
         for name in self._normed:
             layer = norm_layer(self.norm, self.data_format, f"{name}_norm", self.dtype_policy)
@@ -179,7 +178,7 @@ class RoadmapBlock(keras.layers.Layer):
         self.projects = self.strides != 1 or self.in_channels != self.filters
         if self.projects:
             self.shortcut_conv = keras.layers.Conv2D(
-                self.filters, 1, kernel_initializer=_conv_initializer(),
+                self.filters, 1, kernel_initializer=conv_initializer(),
                 **conv("shortcut_conv", strides=self.strides),
             )
             self.shortcut_norm = norm_layer(
@@ -200,7 +199,7 @@ class RoadmapBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        axis = _channel_axis(self.data_format)
+        axis = channel_axis(self.data_format)
         if input_shape[axis] is not None and input_shape[axis] != self.in_channels:
             raise ValueError(
                 f"{self.name}: expected {self.in_channels} input channels, got input shape "

@@ -8,18 +8,15 @@ a freshly initialized head when the checkpoint's does not fit (fine-tuning on ne
 """
 
 import dataclasses
-import re
 import warnings
 
 import numpy as np
 
-from keras_convnext.model import NUM_STAGES, downsample_name
-from keras_convnext.variants import VARIANTS
-from keras_convnext.weights.converted import HEAD_NORM, PREDICTIONS, STEM_CONV
+from keras_convnext import architecture as arch
+from keras_convnext.weights.converted import PREDICTIONS, STEM_CONV
 from keras_convnext.weights.files import CheckpointError
 
 IMAGENET_22K_CLASSES = 21841
-_BLOCK = re.compile(r"stage_(\d+)_block_(\d+)/")
 _LISTED = 10
 
 
@@ -33,10 +30,7 @@ class Architecture:
 
     @property
     def variant(self):
-        for variant in VARIANTS.values():
-            if variant.depths == self.depths and variant.dims == self.dims:
-                return variant.name
-        return None
+        return arch.find_variant(self.depths, self.dims)
 
     @property
     def name(self):
@@ -54,14 +48,15 @@ def _classes(n):
 
 def architecture(shapes):
     """Depths, widths, classes of the ConvNeXt whose variables have ``shapes`` (path -> shape)."""
-    blocks = [set() for _ in range(NUM_STAGES)]
+    blocks = [set() for _ in range(arch.NUM_STAGES)]
     for path in shapes:
-        match = _BLOCK.match(path)
-        if match and int(match.group(1)) < NUM_STAGES:
-            blocks[int(match.group(1))].add(int(match.group(2)))
+        parsed = arch.parse(path)
+        if parsed is not None and parsed.part == "block" and parsed.stage < arch.NUM_STAGES:
+            blocks[parsed.stage].add(parsed.block)
     dims = []
-    for stage in range(NUM_STAGES):
-        conv = f"{STEM_CONV}/kernel" if stage == 0 else f"{downsample_name(stage)}/conv/kernel"
+    for stage in range(arch.NUM_STAGES):
+        conv = (f"{STEM_CONV}/kernel" if stage == 0
+                else f"{arch.downsample_name(stage)}/conv/kernel")
         dims.append(int(shapes[conv][-1]) if conv in shapes else None)
     classes = shapes.get(f"{PREDICTIONS}/kernel")
     kernel = shapes.get("stage_0_block_0/dwconv/kernel")
@@ -74,21 +69,17 @@ def architecture(shapes):
     )
 
 
-def _is_head(path):
-    return path.startswith((HEAD_NORM + "/", PREDICTIONS + "/"))
-
-
 def plan(model_shapes, converted, *, skip_mismatched_head=False):
     """``(path -> array to assign, warnings)``; raises CheckpointError if the file does not fit."""
     arrays = dict(converted.arrays)
     shape_of = {path: tuple(np.shape(a)) for path, a in arrays.items()}
-    model_head = [p for p in model_shapes if _is_head(p)]
+    model_head = [p for p in model_shapes if arch.is_head(p)]
     notes = []
     if not model_head:  # include_top=False: the checkpoint's head is not wanted
-        arrays = {p: a for p, a in arrays.items() if not _is_head(p)}
+        arrays = {p: a for p, a in arrays.items() if not arch.is_head(p)}
     head_misfits = [p for p in model_head if shape_of.get(p) != model_shapes[p]]
     if head_misfits and skip_mismatched_head:
-        for path in [p for p in arrays if _is_head(p)]:
+        for path in [p for p in arrays if arch.is_head(p)]:
             if path in head_misfits or path not in model_shapes:
                 del arrays[path]
         notes.append(
@@ -116,8 +107,8 @@ def plan(model_shapes, converted, *, skip_mismatched_head=False):
     only_head = (
         not unexpected
         and not converted.problems
-        and all(_is_head(p) for p in missing)
-        and all(_is_head(p) for p, _, _ in wrong)
+        and all(arch.is_head(p) for p in missing)
+        and all(arch.is_head(p) for p, _, _ in wrong)
     )
     if only_head:
         raise CheckpointError(_head_message(converted.origin, shape_of, model_shapes))
@@ -139,8 +130,8 @@ def plan(model_shapes, converted, *, skip_mismatched_head=False):
     raise CheckpointError("\n".join(lines))
 
 
-def _backbone(arch):
-    return arch.depths, arch.dims
+def _backbone(architecture_):
+    return architecture_.depths, architecture_.dims
 
 
 def _head_of(shapes):

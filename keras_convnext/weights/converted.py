@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from keras_convnext.model import block_name, downsample_name
+from keras_convnext import architecture as arch
 
 
 @dataclasses.dataclass
@@ -30,12 +30,13 @@ class Converted:
         self.sources[path] = source
 
 
-# Our layer paths (model.py's layer names). DOWNSAMPLE and BLOCK are templates for the rule
-# tables, made with the builder's own naming helpers: "{0}" is the stage, "{1}" the block.
-STEM_CONV, STEM_NORM = "stem/conv", "stem/norm"
-HEAD_NORM, PREDICTIONS = "head_norm", "predictions"
-DOWNSAMPLE = downsample_name("{0}")
-BLOCK = block_name("{0}", "{1}")
+# Our layer paths (keras_convnext.architecture's names). DOWNSAMPLE and BLOCK are templates for
+# the rule tables, made with the architecture's naming functions: "{0}" is the stage, "{1}" the
+# block.
+STEM_CONV, STEM_NORM = f"{arch.STEM}/conv", f"{arch.STEM}/norm"
+HEAD_NORM, PREDICTIONS = arch.HEAD_NORM, arch.PREDICTIONS
+DOWNSAMPLE = arch.downsample_name("{0}")
+BLOCK = arch.block_name("{0}", "{1}")
 
 
 # Kinds of parameters, by what the foreign tensor is.

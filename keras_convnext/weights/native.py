@@ -5,10 +5,9 @@ every other format (and a file saved with a head loads into ``include_top=False`
 is how the converter and the download cache produce such files.
 """
 
-import re
-
 import keras
 
+from keras_convnext import architecture as arch
 from keras_convnext.weights import converted as c
 
 NAME = "native"
@@ -28,22 +27,47 @@ VARIABLES = {
     "layer_scale": ("gamma",),
 }
 
-_TOP_LEVEL = re.compile(r"stem|stage_\d+_block_\d+|stage_\d+_downsample|head_norm|predictions")
-_VARIABLE_PATH = re.compile(
-    r"(stem|stage_\d+_downsample)/(conv|norm)/\w+"
-    r"|stage_\d+_block_\d+/(dwconv|norm|pwconv1|pwconv2|layer_scale)/\w+"
-    r"|(head_norm|predictions)/\w+"
-)
+# The sub-layers that hold variables, per part of the network (keras_convnext.architecture).
+_SUBLAYERS = {
+    "stem": ("conv", "norm"),
+    "downsample": ("conv", "norm"),
+    "block": ("dwconv", "norm", "pwconv1", "pwconv2", "layer_scale"),
+}
+
+
+def _is_convnext_variable(path):
+    """``stem/conv/kernel``, ``stage_2_block_5/dwconv/bias``, ``predictions/kernel``: the
+    family's own layers (not the roadmap's ``stem_conv`` or ``RoadmapBlock`` sub-layers)."""
+    parsed = arch.parse(path)
+    if parsed is None or parsed.part == "preprocessing":
+        return False
+    if parsed.part == "head":
+        return path.count("/") == 1
+    own_name = {
+        "stem": arch.STEM,
+        "downsample": arch.downsample_name(parsed.stage),
+        "block": arch.block_name(parsed.stage, parsed.block),
+    }[parsed.part]
+    return (
+        path.split("/")[0] == own_name
+        and path.count("/") == 2
+        and parsed.sublayer in _SUBLAYERS[parsed.part]
+    )
 
 
 def has_convnext_variables(model):
     """Whether every variable of ``model`` is named as in a keras_convnext ConvNeXt (an early
     roadmap step, for one, is not: its weights files are Keras's business alone)."""
-    return all(_VARIABLE_PATH.fullmatch(v.path) for v in model.weights)
+    return all(_is_convnext_variable(v.path) for v in model.weights)
 
 
 def matches(entries):
-    return any(e.layers and _TOP_LEVEL.fullmatch(e.layers[0]) for e in entries)
+    return any(e.layers and _is_top_level(e.layers[0]) for e in entries)
+
+
+def _is_top_level(name):
+    parsed = arch.parse(name)
+    return parsed is not None and parsed.part != "preprocessing"
 
 
 def convert(entries):
@@ -60,7 +84,7 @@ def convert(entries):
 
 def write(converted, path):
     """Builds the model ``converted`` describes, loads it strictly, and saves ``path``."""
-    from keras_convnext.model import ConvNeXt
+    from keras_convnext.builder import convnext_graph
     from keras_convnext.weights import assign
 
     if not str(path).endswith(".weights.h5"):
@@ -69,7 +93,7 @@ def write(converted, path):
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")  # store full precision whatever the session uses
     try:
-        model = ConvNeXt(
+        model = convnext_graph(
             arch.depths,
             arch.dims,
             include_top=arch.classes is not None,

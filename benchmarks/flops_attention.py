@@ -22,7 +22,7 @@ of fvcore's matmul handles, so Swin-T at 224 px comes out at the published 4.5 G
   only when keras-hub has been imported (a model that uses it has imported it).
 
     from keras_convnext.flops import count_flops
-    from keras_convnext.flops_attention import attention_counters
+    from flops_attention import attention_counters  # benchmarks/ on sys.path
     count_flops(swin, counters=attention_counters())
 """
 
