@@ -41,6 +41,7 @@ from harness import (  # noqa: E402  (benchmarks/harness.py)
     add_throughput,
     cpu_flags,
     cpu_name,
+    import_timm,
     interleaved,
     load_average,
     run_in_backend,
@@ -58,28 +59,12 @@ KERAS_APPLICATIONS = {
 # ------------------------------------------------------------------------------------- models
 
 
-def import_timm():
-    """timm, or None. timm imports torchvision; a torchvision wheel whose native ops cannot load
-    on this torch (a CUDA build beside CPU torch) fails only in its fake-op registrations, which
-    timm does not use, so those are skipped."""
-    try:
-        import timm  # noqa: F401
-        return timm
-    except ImportError:
-        return None
-    except RuntimeError:
-        stale = [m for m in sys.modules if m == "timm" or m.startswith(("timm.", "torchvision"))]
-        for name in stale:
-            del sys.modules[name]
-        import types
+def v1_counterpart(variant):
+    """The V1 variant of the same size as ``variant`` ("v2_tiny" -> "tiny"), else itself."""
+    from keras_convnext.architecture import VARIANTS, get_variant
 
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType(
-            "torchvision._meta_registrations")
-        try:
-            import timm
-            return timm
-        except Exception:  # noqa: BLE001 - any failure means "not importable"
-            return None
+    name = get_variant(variant).name
+    return name[len("v2_"):] if name.startswith("v2_") and name[3:] in VARIANTS else name
 
 
 def keras_entries(args, names):
@@ -102,8 +87,10 @@ def keras_entries(args, names):
         compiled(model)
         return Entry(name, model.predict_on_batch, model.train_on_batch, context)
 
+    peer = v1_counterpart(args.variant)  # keras.applications has no V2: its V1 of that size
+
     def keras_application(policy=contextlib.nullcontext):
-        constructor = getattr(keras.applications, KERAS_APPLICATIONS[args.variant])
+        constructor = getattr(keras.applications, KERAS_APPLICATIONS[peer])
         with policy():
             return constructor(weights=None, input_shape=shape)
 
@@ -114,11 +101,13 @@ def keras_entries(args, names):
         with dispatch.fast_paths(False):
             model = keras_convnext.build(args.variant, input_shape=shape)
         entries.append(entry("ours_plain", model, lambda: dispatch.fast_paths(False)))
-    if "keras" in names and args.variant in KERAS_APPLICATIONS:
+    if "ours_v1" in names and peer != args.variant:
+        entries.append(entry("ours_v1", keras_convnext.build(peer, input_shape=shape)))
+    if "keras" in names and peer in KERAS_APPLICATIONS:
         entries.append(entry("keras", keras_application()))
     if "ours_bf16" in names:
         entries.append(entry("ours_bf16", bf16_model(args)))
-    if "keras_bf16" in names and args.variant in KERAS_APPLICATIONS:
+    if "keras_bf16" in names and peer in KERAS_APPLICATIONS:
         entries.append(entry("keras_bf16", keras_application(mixed_bfloat16)))
     return entries
 
@@ -157,7 +146,9 @@ def timm_entry(args):
     timm = import_timm()
     if timm is None:
         return None
-    name = f"convnext_{args.variant}"
+    from keras_convnext.architecture import get_variant
+
+    name = get_variant(args.variant).model_name  # convnext_tiny, convnextv2_tiny
     infer_model = timm.create_model(name).eval()
     train_model = timm.create_model(name).train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4, weight_decay=0.05)
@@ -190,8 +181,9 @@ def ratios(results):
     for mine in [n for n in results if n.startswith("ours")]:
         for other in [n for n in results if not n.startswith("ours")]:
             out[f"{mine}/{other}"] = round(results[mine]["img_s"] / results[other]["img_s"], 3)
-    if "ours" in results and "ours_plain" in results:
-        out["ours/ours_plain"] = round(results["ours"]["img_s"] / results["ours_plain"]["img_s"], 3)
+    for other in ("ours_plain", "ours_v1"):
+        if "ours" in results and other in results:
+            out[f"ours/{other}"] = round(results["ours"]["img_s"] / results[other]["img_s"], 3)
     if "ours" in results and "ours_bf16" in results:
         out["ours_bf16/ours"] = round(results["ours_bf16"]["img_s"] / results["ours"]["img_s"], 3)
     return out
@@ -426,7 +418,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--what", default="inference,train", help="inference,train")
     p.add_argument("--models", default="ours,keras,timm",
-                   help="ours, ours_plain (fast paths off), keras (keras.applications), "
+                   help="ours, ours_plain (fast paths off), ours_v1 (a V2 variant's V1 of the "
+                        "same size), keras (keras.applications; its V1 for a V2 variant), "
                         "timm (torch only, when importable), ours_bf16 and keras_bf16 (the "
                         "mixed_bfloat16 policy: bf16 compute, fp32 variables)")
     p.add_argument("--warmup", type=int, default=2, help="inference rounds dropped")

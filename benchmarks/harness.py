@@ -4,6 +4,10 @@ interleaved timing harness, and the runner that measures each backend in a proce
 """
 
 import contextlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import os
 import platform
@@ -12,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 ALL_BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -118,3 +123,71 @@ def run_in_backend(script, argv, backend, out_flag="--json", timeout=None, strea
             os.unlink(path)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     return result
+
+
+# ------------------------------------------------------------------------ timm, the reference
+
+
+class _EmptyModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves ``torchvision`` and its submodules to modules whose every attribute is an
+    inert placeholder class."""
+
+    class _Placeholder(type):
+        def __getattr__(cls, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return f"{cls.__name__}.{name}"
+
+    class _Module(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            value = _EmptyModules._Placeholder(name, (), {"__init__": lambda *a, **k: None})
+            setattr(self, name, value)
+            return value
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "torchvision" or fullname.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = self._Module(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+@contextlib.contextmanager
+def _without_torchvision():
+    finder = _EmptyModules()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            if isinstance(sys.modules[name], _EmptyModules._Module):
+                del sys.modules[name]
+
+
+def import_timm():
+    """timm, or None if it is not installed. timm imports torchvision for its data pipeline
+    and BatchNorm freezing, never for ConvNeXt, and no CPU build of torchvision installs beside
+    the CPU torch pinned here (timm is installed with --no-deps): without a working torchvision,
+    its imports resolve to empty modules while timm is imported, then are removed again."""
+    if importlib.util.find_spec("timm") is None:
+        return None
+    if "timm" in sys.modules:
+        return sys.modules["timm"]
+    try:
+        import torchvision  # noqa: F401  (a working torchvision needs no help)
+
+        return importlib.import_module("timm")
+    except Exception:  # noqa: BLE001 - missing, or a build that cannot load beside this torch
+        for name in [n for n in sys.modules if n == "timm" or n.startswith(("timm.", "torchvision"))]:
+            del sys.modules[name]
+    with _without_torchvision():
+        return importlib.import_module("timm")

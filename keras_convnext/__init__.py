@@ -1,6 +1,7 @@
 """ConvNeXt ("A ConvNet for the 2020s") for Keras 3, on TensorFlow, JAX and PyTorch."""
 
 from keras_convnext.layers import (
+    GRN,
     ConvNeXtBlock,
     Downsample,
     ImageNormalization,
@@ -9,22 +10,44 @@ from keras_convnext.layers import (
     Stem,
 )
 from keras_convnext.architecture import StageInfo, parse as parse_layer_path
-from keras_convnext.model import ConvNeXt, feature_extractor, stages
-from keras_convnext.variants import (
+from keras_convnext.model import (
+    ConvNeXt,
+    ConvNeXtIsotropic,
+    ConvNeXtV2,
+    feature_extractor,
+    stages,
+)
+from keras_convnext.variants import (  # every family's constructors
+    ALL_VARIANTS,
+    ISOTROPIC_VARIANTS,
+    V2_VARIANTS,
     VARIANTS,
     ConvNeXtAtto,
     ConvNeXtBase,
     ConvNeXtFemto,
+    ConvNeXtIsotropicBase,
+    ConvNeXtIsotropicLarge,
+    ConvNeXtIsotropicSmall,
     ConvNeXtLarge,
     ConvNeXtNano,
     ConvNeXtPico,
     ConvNeXtSmall,
     ConvNeXtTiny,
+    ConvNeXtV2Atto,
+    ConvNeXtV2Base,
+    ConvNeXtV2Femto,
+    ConvNeXtV2Huge,
+    ConvNeXtV2Large,
+    ConvNeXtV2Nano,
+    ConvNeXtV2Pico,
+    ConvNeXtV2Tiny,
     ConvNeXtXLarge,
     build,
     get_variant,
 )
 from keras_convnext.weights import load_weights
+from keras_convnext.imagenet import keras_decode_predictions as decode_predictions
+from keras_convnext.imagenet import preprocess_input
 from keras_convnext.flops import count_flops, flops_per_stage, params_per_stage
 from keras_convnext import roadmap
 

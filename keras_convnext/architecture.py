@@ -21,6 +21,7 @@ Nothing here imports another module of the package.
 =============================  ==============================================================
 """
 
+import collections
 import dataclasses
 import re
 
@@ -159,54 +160,112 @@ def depths_of(layer_names):
 
 # ------------------------------------------------------------------------------------ family
 
+V1, V2, ISOTROPIC = "v1", "v2", "isotropic"
+FAMILY_NAMES = {V1: "ConvNeXt", V2: "ConvNeXt V2", ISOTROPIC: "isotropic ConvNeXt"}
+ISOTROPIC_MIN_INPUT_SIZE = 16  # its 16x16/16 stem
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One member of the family. ``default_drop_path_rate`` is the paper's ImageNet-1k
-    stochastic depth for the variant (the constructors default to 0.0, like keras.applications:
-    it is a training choice)."""
+    """One member of a family. ``default_drop_path_rate`` is the paper's ImageNet-1k stochastic
+    depth for the variant (the constructors default to 0.0, like keras.applications: it is a
+    training choice); ``layer_scale`` the LayerScale init the official definition builds it
+    with (None: no LayerScale)."""
 
     name: str
     depths: tuple
     dims: tuple
     default_drop_path_rate: float = 0.0
+    family: str = V1
+    layer_scale: object = 1e-6
+
+    @property
+    def title(self):
+        """``Tiny``, ``XLarge``: the constructor's suffix."""
+        base = self.name.split("_")[-1]
+        return "XLarge" if base == "xlarge" else base.capitalize()
+
+    @property
+    def model_name(self):
+        """The reference's model name: ``convnext_tiny``, ``convnextv2_tiny``,
+        ``convnext_isotropic_small``."""
+        if self.family == V2:
+            return f"convnextv2_{self.name[len('v2_'):]}"
+        return f"convnext_{self.name}"
+
+    @property
+    def constructor_name(self):
+        """``ConvNeXtTiny``, ``ConvNeXtV2Tiny``, ``ConvNeXtIsotropicSmall``."""
+        prefix = {V1: "ConvNeXt", V2: "ConvNeXtV2", ISOTROPIC: "ConvNeXtIsotropic"}[self.family]
+        return prefix + self.title
+
+
+def _table(*variants):
+    return {v.name: v for v in variants}
 
 
 # The paper's T, S, B, L, XL and timm's small variants (atto ... nano).
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("atto", (2, 2, 6, 2), (40, 80, 160, 320), 0.0),
-        Variant("femto", (2, 2, 6, 2), (48, 96, 192, 384), 0.0),
-        Variant("pico", (2, 2, 6, 2), (64, 128, 256, 512), 0.0),
-        Variant("nano", (2, 2, 8, 2), (80, 160, 320, 640), 0.0),
-        Variant("tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1),
-        Variant("small", (3, 3, 27, 3), (96, 192, 384, 768), 0.4),
-        Variant("base", (3, 3, 27, 3), (128, 256, 512, 1024), 0.5),
-        Variant("large", (3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
-        Variant("xlarge", (3, 3, 27, 3), (256, 512, 1024, 2048), 0.5),
-    )
-}
+VARIANTS = _table(
+    Variant("atto", (2, 2, 6, 2), (40, 80, 160, 320), 0.0),
+    Variant("femto", (2, 2, 6, 2), (48, 96, 192, 384), 0.0),
+    Variant("pico", (2, 2, 6, 2), (64, 128, 256, 512), 0.0),
+    Variant("nano", (2, 2, 8, 2), (80, 160, 320, 640), 0.0),
+    Variant("tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1),
+    Variant("small", (3, 3, 27, 3), (96, 192, 384, 768), 0.4),
+    Variant("base", (3, 3, 27, 3), (128, 256, 512, 1024), 0.5),
+    Variant("large", (3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
+    Variant("xlarge", (3, 3, 27, 3), (256, 512, 1024, 2048), 0.5),
+)
+
+# ConvNeXt V2 (PAPER.md's table); drop path: the official V2 fine-tuning recipes.
+V2_VARIANTS = _table(
+    Variant("v2_atto", (2, 2, 6, 2), (40, 80, 160, 320), 0.1, V2, None),
+    Variant("v2_femto", (2, 2, 6, 2), (48, 96, 192, 384), 0.1, V2, None),
+    Variant("v2_pico", (2, 2, 6, 2), (64, 128, 256, 512), 0.1, V2, None),
+    Variant("v2_nano", (2, 2, 8, 2), (80, 160, 320, 640), 0.2, V2, None),
+    Variant("v2_tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.2, V2, None),
+    Variant("v2_base", (3, 3, 27, 3), (128, 256, 512, 1024), 0.1, V2, None),
+    Variant("v2_large", (3, 3, 27, 3), (192, 384, 768, 1536), 0.2, V2, None),
+    Variant("v2_huge", (3, 3, 27, 3), (352, 704, 1408, 2816), 0.2, V2, None),
+)
+
+# Isotropic ConvNeXt (V1 paper, Section 3.3; official convnext_isotropic.py and TRAINING.md:
+# LayerScale only for Large).
+ISOTROPIC_VARIANTS = _table(
+    Variant("isotropic_small", (18,), (384,), 0.1, ISOTROPIC, None),
+    Variant("isotropic_base", (18,), (768,), 0.2, ISOTROPIC, None),
+    Variant("isotropic_large", (36,), (1024,), 0.5, ISOTROPIC, 1e-6),
+)
+
+# Every family's table, as one live view (an entry added to a family's table is found here too);
+# a ChainMap iterates its last map first, so this lists V1, then V2, then isotropic.
+ALL_VARIANTS = collections.ChainMap(ISOTROPIC_VARIANTS, V2_VARIANTS, VARIANTS)
 
 
 def variant_key(name):
-    """The table key of a variant name: "tiny", "convnext_tiny" and "ConvNeXtTiny" are "tiny"."""
-    return str(name).lower().replace("convnext", "").strip("_-")
+    """The table key of a variant name: "tiny", "convnext_tiny" and "ConvNeXtTiny" are "tiny";
+    "ConvNeXtV2Atto" and "convnextv2_atto" are "v2_atto"; "ConvNeXtIsotropicSmall" is
+    "isotropic_small"."""
+    key = str(name).lower().replace("-", "_").replace("convnext", "").strip("_")
+    for prefix in ("v2", "isotropic"):
+        if key.startswith(prefix) and not key.startswith(prefix + "_"):
+            key = f"{prefix}_{key[len(prefix):]}"
+    return key
 
 
 def get_variant(name):
-    """The table entry for ``name`` (any spelling ``variant_key`` accepts)."""
+    """The table entry for ``name`` (any spelling ``variant_key`` accepts), of any family."""
     key = variant_key(name)
-    if key not in VARIANTS:
+    if key not in ALL_VARIANTS:
         raise ValueError(
-            f"unknown ConvNeXt variant {name!r}; choose one of {', '.join(VARIANTS)}"
+            f"unknown ConvNeXt variant {name!r}; choose one of {', '.join(ALL_VARIANTS)}"
         )
-    return VARIANTS[key]
+    return ALL_VARIANTS[key]
 
 
-def find_variant(depths, dims):
-    """The name of the variant with these depths and widths, or None."""
-    for variant in VARIANTS.values():
-        if variant.depths == tuple(depths) and variant.dims == tuple(dims):
+def find_variant(depths, dims, family=V1):
+    """The name of the ``family`` variant with these depths and widths, or None."""
+    for variant in ALL_VARIANTS.values():
+        if (variant.family, variant.depths, variant.dims) == (family, tuple(depths), tuple(dims)):
             return variant.name
     return None

@@ -11,6 +11,7 @@ building.
 
 import inspect
 import os
+import warnings
 
 import keras
 
@@ -27,6 +28,8 @@ from keras_convnext.architecture import (
     downsample_name,
 )
 from keras_convnext.layers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     LAYER_NORM_EPSILON,
     ConvNeXtBlock,
     Downsample,
@@ -97,7 +100,7 @@ def validate_arguments(
     return depths, dims
 
 
-def _validate_input_shape(shape, data_format):
+def _validate_input_shape(shape, data_format, min_size=MIN_INPUT_SIZE):
     """``shape`` excludes the batch axis. Raises a ValueError naming what is wrong."""
     if len(shape) != 3:
         raise ValueError(f"ConvNeXt takes images of rank 3 (H, W, C) per sample, got {shape}")
@@ -105,32 +108,74 @@ def _validate_input_shape(shape, data_format):
         channels, spatial = shape[0], shape[1:]
     else:
         channels, spatial = shape[-1], shape[:2]
-    if channels is not None and channels != 3:
+    if channels is not None and channels < 1:
         raise ValueError(
-            f"ConvNeXt takes RGB images with 3 channels, got input shape {tuple(shape)} "
-            f"({channels} channels, data_format={data_format!r})"
+            f"ConvNeXt takes images with at least 1 channel, got input shape {tuple(shape)} "
+            f"(data_format={data_format!r})"
         )
     for size in spatial:
-        if size is not None and size < MIN_INPUT_SIZE:
+        if size is not None and size < min_size:
             raise ValueError(
-                f"ConvNeXt needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels "
-                f"(the stem and three downsamplings divide the size by 32), got input shape "
+                f"ConvNeXt needs images of at least {min_size}x{min_size} pixels "
+                f"(the network divides the size by {min_size}), got input shape "
                 f"{tuple(shape)}"
             )
 
 
-def make_input(input_tensor, input_shape, data_format):
-    """(the model's input tensor, the user's tensor or None), with the input shape checked."""
+def make_input(input_tensor, input_shape, data_format, min_size=MIN_INPUT_SIZE):
+    """(the model's input tensor, the user's tensor or None), with the input shape checked
+    (each side at least ``min_size``, the network's total stride)."""
     if input_shape is None:
         input_shape = (3, None, None) if data_format == "channels_first" else (None, None, 3)
     input_shape = tuple(input_shape)
     if input_tensor is None:
-        _validate_input_shape(input_shape, data_format)
+        _validate_input_shape(input_shape, data_format, min_size)
         return keras.Input(shape=input_shape, name="pixels"), None
     if not keras.backend.is_keras_tensor(input_tensor):
         input_tensor = keras.Input(tensor=input_tensor, shape=input_shape, name="pixels")
-    _validate_input_shape(tuple(input_tensor.shape[1:]), data_format)
+    _validate_input_shape(tuple(input_tensor.shape[1:]), data_format, min_size)
     return input_tensor, input_tensor
+
+
+def _channels(inputs, data_format):
+    return inputs.shape[1 if data_format == "channels_first" else -1]
+
+
+def normalization_statistics(include_preprocessing, channels):
+    """``(mean, std)`` of the ``preprocessing`` layer for ``channels`` input channels, or None
+    without one. ``True``: ImageNet's RGB statistics for 3 channels (or an unknown count), their
+    means for 1 (gray), and for other counts none, with a warning (as keras.applications);
+    ``(mean, std)``: those, one value per channel; ``False``: none."""
+    if include_preprocessing is None or include_preprocessing is False:
+        return None
+    if include_preprocessing is True:
+        if channels in (None, 3):
+            return IMAGENET_MEAN, IMAGENET_STD
+        if channels == 1:
+            return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+        # keras.applications' rule for other channel counts: no normalization in the model
+        warnings.warn(
+            f"include_preprocessing=True normalizes RGB (3 channels) or gray (1 channel) images "
+            f"with ImageNet's statistics; the model takes {channels}-channel input as it is "
+            f"(normalize it yourself, or pass include_preprocessing=(mean, std) with {channels} "
+            "values each)",
+            stacklevel=4,
+        )
+        return None
+    try:
+        mean, std = include_preprocessing
+        mean, std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"include_preprocessing must be True, False or (mean, std), got "
+            f"{include_preprocessing!r}"
+        ) from None
+    if channels is not None and not len(mean) == len(std) == channels:
+        raise ValueError(
+            f"include_preprocessing=(mean, std) needs {channels} values each (one per input "
+            f"channel), got {len(mean)} and {len(std)}"
+        )
+    return mean, std
 
 
 def _head_dtype():
@@ -173,6 +218,7 @@ def functional_model(
     downsample,
     block,
     head_norm=True,
+    min_size=MIN_INPUT_SIZE,
     model_name="convnext",
     include_top=True,
     input_tensor=None,
@@ -195,10 +241,11 @@ def functional_model(
     """
     validate_options(include_top, pooling, classes, drop_path_rate)
     data_format = keras.config.image_data_format()
-    inputs, user_tensor = make_input(input_tensor, input_shape, data_format)
+    inputs, user_tensor = make_input(input_tensor, input_shape, data_format, min_size)
     x = inputs
-    if include_preprocessing:
-        x = ImageNormalization(data_format=data_format, name=PREPROCESSING)(x)
+    statistics = normalization_statistics(include_preprocessing, _channels(inputs, data_format))
+    if statistics is not None:
+        x = ImageNormalization(*statistics, data_format=data_format, name=PREPROCESSING)(x)
     x = stem(x, data_format)
     rates = drop_path_schedule(depths, drop_path_rate)
     index = 0
@@ -230,7 +277,7 @@ def functional_model(
 # The keyword arguments of ``functional_model`` that every public constructor passes through.
 MODEL_OPTIONS = [
     p for name, p in inspect.signature(functional_model).parameters.items()
-    if name not in ("depths", "stem", "downsample", "block", "head_norm")
+    if name not in ("depths", "stem", "downsample", "block", "head_norm", "min_size")
 ]
 
 
@@ -246,9 +293,12 @@ def takes_model_options(func):
 
 
 @takes_model_options
-def convnext_graph(depths, dims, *, layer_scale_init_value=1e-6, kernel_size=7, **options):
+def convnext_graph(
+    depths, dims, *, layer_scale_init_value=1e-6, kernel_size=7, use_grn=False, **options
+):
     """ConvNeXt's graph (arguments as ``keras_convnext.ConvNeXt``'s, without ``weights``):
-    the patchify stem, LayerNorm + 2x2/2 downsampling, ``ConvNeXtBlock`` stages."""
+    the patchify stem, LayerNorm + 2x2/2 downsampling, ``ConvNeXtBlock`` stages (ConvNeXt V2's
+    with ``use_grn=True`` and no LayerScale)."""
     depths, dims = validate_architecture(depths, dims, layer_scale_init_value)
 
     def stem(x, data_format):
@@ -260,7 +310,34 @@ def convnext_graph(depths, dims, *, layer_scale_init_value=1e-6, kernel_size=7, 
     def block(x, stage, j, **common):
         return ConvNeXtBlock(
             dims[stage], kernel_size=kernel_size, layer_scale_init_value=layer_scale_init_value,
-            **common,
+            use_grn=use_grn, **common,
         )(x)
 
     return functional_model(depths, stem=stem, downsample=downsample, block=block, **options)
+
+
+@takes_model_options
+def isotropic_graph(
+    depth, dim, *, layer_scale_init_value=None, kernel_size=7, patch_size=16, **options
+):
+    """Isotropic ConvNeXt's graph (V1 paper, Section 3.3; the official
+    ``convnext_isotropic.py``): a ``patch_size`` x ``patch_size`` conv stem with no norm, then
+    ``depth`` blocks at constant width ``dim`` (one stage, no downsampling), pooling, norm,
+    head."""
+    depth, dim = int(depth), int(dim)
+    if depth < 1 or dim < 1:
+        raise ValueError(f"depth and dim must be positive, got {depth} and {dim}")
+    validate_architecture((1,) * NUM_STAGES, (1,) * NUM_STAGES, layer_scale_init_value)
+
+    def stem(x, data_format):
+        return Stem(dim, patch_size=patch_size, norm=False, data_format=data_format,
+                    name=STEM)(x)
+
+    def block(x, stage, j, **common):
+        return ConvNeXtBlock(
+            dim, kernel_size=kernel_size, layer_scale_init_value=layer_scale_init_value,
+            **common,
+        )(x)
+
+    return functional_model((depth,), stem=stem, downsample=None, block=block,
+                            min_size=patch_size, **options)

@@ -28,9 +28,9 @@ def convert(src, dst, *, variant=None, ema=False, verbose=False, out=None):
     arch = architecture({path: array.shape for path, array in converted.arrays.items()})
     if variant is not None:
         wanted = get_variant(variant)
-        if (wanted.depths, wanted.dims) != (arch.depths, arch.dims):
+        if (wanted.family, wanted.depths, wanted.dims) != (arch.family, arch.depths, arch.dims):
             raise CheckpointError(
-                f"{src} is not convnext_{wanted.name} (depths {wanted.depths}, dims "
+                f"{src} is not {wanted.model_name} (depths {wanted.depths}, dims "
                 f"{wanted.dims}): it looks like {arch.describe()}"
             )
     native.write(converted, dst)
@@ -54,7 +54,8 @@ def main(argv=None):
     )
     parser.add_argument("src", help="checkpoint file to read")
     parser.add_argument("dst", help="Keras weights file to write (must end with .weights.h5)")
-    parser.add_argument("--variant", help="fail unless SRC is this variant (tiny, small, ...)")
+    parser.add_argument("--variant",
+                        help="fail unless SRC is this variant (tiny, v2_atto, isotropic_small, ...)")
     parser.add_argument("--ema", action="store_true", help="take a training checkpoint's EMA")
     parser.add_argument("--verbose", "-v", action="store_true", help="list every tensor")
     args = parser.parse_args(argv)

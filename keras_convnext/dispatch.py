@@ -20,6 +20,10 @@ layer                fast path
                      oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
                      GELU fused into the GEMM at inference (oneDNN post-op).
 ``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
+``grn``              torch: float32 squared norms over slices of the map, the affine part as one
+                     ``addcmul`` (in place at inference inside a block), the backward written out.
+                     tensorflow: the backward written out (``tf.custom_gradient``). jax: the
+                     plain ops (XLA fuses them and their gradient).
 ===================  ============================================================================
 
 ``Dense`` also takes ``residual=`` and ``scale=``: ``residual + scale * dense(inputs)``, a block's
@@ -229,3 +233,84 @@ def conv_layer(filters, kernel_size, **kwargs):
 def depthwise_conv_layer(**kwargs):
     """The depthwise conv of ConvNeXt blocks (weights ``kernel`` (k, k, C, 1), ``bias`` (C,))."""
     return DepthwiseConv2D(**kwargs)
+
+
+def grn(inputs, gamma, beta, epsilon, data_format, overwrite_inputs=False):
+    """Global Response Normalization, ``inputs * (1 + gamma * N) + beta`` with
+    ``N = G / (mean_c G + epsilon)`` and ``G`` the float32 L2 norm over the spatial axes
+    (``keras_convnext.layers.GRN``: the same as ``gamma * (x * N) + beta + x``).
+
+    With fast paths on, the backward pass is written out (two passes over the map, where
+    autodiff of the forward ops makes about six): ``_grn_gradients`` through
+    ``tf.custom_gradient`` on TensorFlow; on torch ``fast.torch_ops.grn`` (the same algebra,
+    sliced reductions, no large temporaries, and at inference the output written over
+    ``inputs`` when the caller allows it: ``overwrite_inputs``). JAX compiles the whole step
+    and fuses the plain ops' gradient by itself."""
+    axes = _grn_axes(data_format)
+    backend = keras.backend.backend()
+    if _enabled and backend == "torch":
+        from keras_convnext.fast import torch_ops
+
+        return torch_ops.grn(inputs, ops.convert_to_tensor(gamma), ops.convert_to_tensor(beta),
+                             epsilon, data_format != "channels_first", overwrite_inputs)
+    if _enabled and backend == "tensorflow":
+        import tensorflow as tf
+
+        # read the variables here: tf.custom_gradient must see tensors, not variables, inside
+        return _grn_custom_gradient(inputs, tf.identity(ops.convert_to_tensor(gamma)),
+                                    tf.identity(ops.convert_to_tensor(beta)), epsilon, axes)
+    return _grn_forward(inputs, gamma, beta, epsilon, axes)[0]
+
+
+def _grn_axes(data_format):
+    """(spatial axes, channel axis, per-channel broadcast shape)."""
+    if data_format == "channels_first":
+        return (2, 3), 1, (1, -1, 1, 1)
+    return (1, 2), -1, (1, 1, 1, -1)
+
+
+def _grn_forward(inputs, gamma, beta, epsilon, axes):
+    """(output, norm G, its channel mean + epsilon D, the per-channel scale 1 + gamma * G / D)."""
+    spatial, channel, shape = axes
+    x32 = ops.cast(inputs, "float32")
+    # sqrt has an infinite slope at 0: a channel that is zero everywhere keeps a zero gradient
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(x32), axis=spatial, keepdims=True), 1e-30))
+    denominator = ops.mean(norm, axis=channel, keepdims=True) + epsilon
+    scale = 1.0 + ops.reshape(ops.cast(gamma, "float32"), shape) * (norm / denominator)
+    outputs = inputs * ops.cast(scale, inputs.dtype) + ops.cast(ops.reshape(beta, shape),
+                                                                inputs.dtype)
+    return outputs, norm, denominator, scale
+
+
+def _grn_gradients(upstream, inputs, gamma, norm, denominator, scale, axes):
+    """(d inputs, d gamma, d beta) of ``y = x * s + beta``, ``s = 1 + gamma * G / D``,
+    ``D = mean_c G + eps``, ``G = ||x||`` over the spatial axes: two passes over the map (the
+    per-channel sums of ``dy * x`` and ``dy``, then ``dx = dy * s + x * dG / G``)."""
+    spatial, channel, shape = axes
+    batch_and_space = (0,) + spatial
+    dy32 = ops.cast(upstream, "float32")
+    x32 = ops.cast(inputs, "float32")
+    dscale = ops.sum(dy32 * x32, axis=spatial, keepdims=True)  # dL/ds per sample and channel
+    dbeta = ops.reshape(ops.sum(dy32, axis=batch_and_space), (-1,))
+    normalized = norm / denominator
+    dgamma = ops.reshape(ops.sum(dscale * normalized, axis=0, keepdims=True), (-1,))
+    dnormalized = dscale * ops.reshape(ops.cast(gamma, "float32"), shape)
+    channels = ops.cast(ops.shape(norm)[channel], "float32")
+    dnorm = (dnormalized - ops.sum(dnormalized * normalized, axis=channel, keepdims=True)
+             / channels) / denominator
+    dinputs = upstream * ops.cast(scale, upstream.dtype) + inputs * ops.cast(dnorm / norm,
+                                                                             inputs.dtype)
+    return dinputs, ops.cast(dgamma, gamma.dtype), ops.cast(dbeta, gamma.dtype)
+
+
+def _grn_custom_gradient(inputs, gamma, beta, epsilon, axes):
+    @ops.custom_gradient
+    def forward(x, g, b):
+        y, norm, denominator, scale = _grn_forward(x, g, b, epsilon, axes)
+
+        def backward(*upstream, variables=None):
+            return _grn_gradients(upstream[0], x, g, norm, denominator, scale, axes)
+
+        return y, backward
+
+    return forward(inputs, gamma, beta)

@@ -23,7 +23,7 @@ EinsumDense            ``size(y) * prod(contracted kernel axes)``
 =====================  ======================================================================
 
 Any other layer that owns weights is an error unless it is a known zero-FLOP layer (the norms,
-LayerScale, Embedding): a FLOPs figure that silently skips a layer is worse than none. Pass
+GRN, LayerScale, Embedding): a FLOPs figure that silently skips a layer is worse than none. Pass
 ``counters={LayerClass: fn}`` to count a custom layer, where ``fn(layer, input_shapes,
 output_shape)`` returns its MACs for one call (shapes include the batch axis, which is 1;
 ``input_shapes`` lists the tensor arguments, positional then keyword). A custom counter may also
@@ -36,7 +36,7 @@ import re
 import keras
 
 from keras_convnext import architecture
-from keras_convnext.layers import LayerScale
+from keras_convnext.layers import GRN, LayerScale
 
 __all__ = [
     "count_flops",
@@ -111,7 +111,7 @@ ZERO_FLOP_LAYERS = _layer_classes(
     "RMSNormalization",
     "Normalization",
     "Embedding",
-) + (LayerScale,)
+) + (LayerScale, GRN)
 
 
 def _counter_for(layer, counters):

@@ -13,26 +13,49 @@ EVAL_CROP_RATIO = 0.875
 
 
 @functools.lru_cache(maxsize=None)
+def _synsets():
+    """(WordNet id, lemmas) of the 1000 classes, in index order."""
+    with open(_CLASSES_FILE, encoding="utf-8") as f:
+        return tuple(tuple(line.rstrip("\n").split("\t")[:2]) for line in f)
+
+
 def class_names():
     """The 1000 ImageNet-1k class names, index order, first lemma of each synset."""
-    with open(_CLASSES_FILE, encoding="utf-8") as f:
-        return tuple(line.rstrip("\n").split("\t")[1].split(",")[0] for line in f)
+    return tuple(lemmas.split(",")[0] for _, lemmas in _synsets())
+
+
+def _top(probabilities, top):
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(_synsets()):
+        raise ValueError(
+            f"decode_predictions expects (N, {len(_synsets())}) ImageNet scores, "
+            f"got shape {probabilities.shape}"
+        )
+    return [(np.argsort(scores)[::-1][:top], scores) for scores in probabilities]
+
+
+def keras_decode_predictions(preds, top=5):
+    """``keras.applications``' ``decode_predictions``: for each row of (N, 1000) scores, the
+    ``top`` (WordNet id, class name, score) tuples, best first, names with underscores
+    ("great_white_shark"), from the bundled class list (no download)."""
+    synsets = _synsets()
+    return [[(synsets[i][0], synsets[i][1].split(",")[0].replace(" ", "_"), float(scores[i]))
+             for i in best] for best, scores in _top(preds, top)]
+
+
+def preprocess_input(x, data_format=None):
+    """``keras.applications.convnext.preprocess_input``: the identity. keras_convnext models
+    normalize 0-255 RGB inside (their ``preprocessing`` layer, ``include_preprocessing=True``),
+    so images go in as they are; with ``include_preprocessing=False`` normalize them yourself
+    (``(x / 255 - mean) / std`` with ImageNet's mean and std)."""
+    return x
 
 
 def decode_predictions(probabilities, top=5):
     """For each row of (N, 1000) scores, the ``top`` (class index, name, score), best first."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.ndim != 2 or probabilities.shape[1] != len(class_names()):
-        raise ValueError(
-            f"decode_predictions expects (N, {len(class_names())}) ImageNet scores, "
-            f"got shape {probabilities.shape}"
-        )
     names = class_names()
-    rows = []
-    for scores in probabilities:
-        best = np.argsort(scores)[::-1][:top]
-        rows.append([(int(i), names[i], float(scores[i])) for i in best])
-    return rows
+    return [[(int(i), names[i], float(scores[i])) for i in best]
+            for best, scores in _top(probabilities, top)]
 
 
 def load_image(path, size=224, crop_ratio=EVAL_CROP_RATIO):

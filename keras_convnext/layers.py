@@ -13,7 +13,7 @@ official ``stages.2.5.dwconv.weight``.
 import keras
 from keras import ops
 
-from keras_convnext.dispatch import conv_layer, dense_layer, depthwise_conv_layer
+from keras_convnext.dispatch import conv_layer, dense_layer, depthwise_conv_layer, grn
 
 PACKAGE = "keras_convnext"
 LAYER_NORM_EPSILON = 1e-6
@@ -119,9 +119,47 @@ class StochasticDepth(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class GRN(keras.layers.Layer):
+    """Global Response Normalization (ConvNeXt V2), per sample over the spatial axes:
+    ``G = ||X||_2`` over (H, W) per channel, ``N = G / (mean over channels of G + eps)``,
+    ``gamma * (X * N) + beta + X``. ``gamma`` and ``beta`` start at zero, so GRN starts as the
+    identity. The norm is computed in float32 whatever the compute dtype: a squared norm over a
+    feature map overflows float16 and loses most of its digits in bfloat16.
+    """
+
+    def __init__(self, epsilon=1e-6, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+        self.data_format = check_data_format(data_format)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"GRN takes 4-D feature maps (N, H, W, C) or (N, C, H, W), got shape "
+                f"{tuple(input_shape)}"
+            )
+        channels = input_shape[channel_axis(self.data_format)]
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="zeros")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+    def call(self, inputs, overwrite_inputs=False):
+        """``overwrite_inputs``: the caller will not use ``inputs`` again, so a backend may
+        write the output over them at inference (the block's hidden activation)."""
+        return grn(inputs, self.gamma, self.beta, self.epsilon, self.data_format,
+                   overwrite_inputs=overwrite_inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "data_format": self.data_format}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ConvNeXtBlock(keras.layers.Layer):
     """The ConvNeXt block: 7x7 depthwise conv -> LayerNorm -> 1x1 (4x expansion) -> GELU ->
-    1x1 -> LayerScale -> stochastic depth -> + input.
+    1x1 -> LayerScale -> stochastic depth -> + input. ConvNeXt V2's block (``use_grn=True``,
+    ``layer_scale_init_value=None``) has GRN after the GELU and no LayerScale.
 
     The two 1x1 convs are Dense layers on the channel axis, as in the reference (``pwconv1``,
     ``pwconv2``). With ``data_format="channels_first"`` the depthwise conv runs on NCHW and the
@@ -137,10 +175,12 @@ class ConvNeXtBlock(keras.layers.Layer):
         drop_path_rate=0.0,
         seed=None,
         data_format=None,
+        use_grn=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.dim = int(dim)
+        self.use_grn = bool(use_grn)
         self.kernel_size = int(kernel_size)
         self.mlp_ratio = mlp_ratio
         self.layer_scale_init_value = layer_scale_init_value
@@ -165,6 +205,8 @@ class ConvNeXtBlock(keras.layers.Layer):
             hidden, activation="gelu", kernel_initializer=conv_initializer(), name="pwconv1",
             **common
         )
+        # GRN normalizes the hidden activation of a channels-last view (the MLP's layout).
+        self.grn = GRN(data_format="channels_last", name="grn", **common) if use_grn else None
         self.pwconv2 = dense_layer(
             self.dim, kernel_initializer=conv_initializer(), name="pwconv2", **common
         )
@@ -189,7 +231,10 @@ class ConvNeXtBlock(keras.layers.Layer):
         channels_last = (None, None, None, self.dim)
         self.norm.build(channels_last)
         self.pwconv1.build(channels_last)
-        self.pwconv2.build(channels_last[:-1] + (self.pwconv1.units,))
+        hidden = channels_last[:-1] + (self.pwconv1.units,)
+        if self.grn is not None:
+            self.grn.build(hidden)
+        self.pwconv2.build(hidden)
         if self.layer_scale is not None:
             self.layer_scale.build(channels_last)
 
@@ -197,6 +242,8 @@ class ConvNeXtBlock(keras.layers.Layer):
         x = _to_channels_last(self.dwconv(inputs), self.data_format)
         x = self.norm(x)
         x = self.pwconv1(x)  # includes the GELU
+        if self.grn is not None:
+            x = self.grn(x, overwrite_inputs=True)  # pwconv1's output, used by nothing else
         if self.data_format == "channels_last" and not (training and self.drop_path is not None):
             # pwconv2, LayerScale and the shortcut in one call, which a backend may fuse.
             gamma = self.layer_scale.gamma if self.layer_scale is not None else None
@@ -222,17 +269,20 @@ class ConvNeXtBlock(keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "seed": self.seed,
             "data_format": self.data_format,
+            "use_grn": self.use_grn,
         }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Stem(keras.layers.Layer):
-    """Patchify stem: a 4x4 conv with stride 4 (non-overlapping patches), then LayerNorm."""
+    """Patchify stem: a 4x4 conv with stride 4 (non-overlapping patches), then LayerNorm.
+    Isotropic ConvNeXt's stem is a 16x16/16 conv alone (``patch_size=16, norm=False``)."""
 
-    def __init__(self, dim, patch_size=4, data_format=None, **kwargs):
+    def __init__(self, dim, patch_size=4, data_format=None, norm=True, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.patch_size = int(patch_size)
+        self.use_norm = bool(norm)
         self.data_format = check_data_format(data_format)
         self.conv = conv_layer(
             self.dim,
@@ -247,14 +297,16 @@ class Stem(keras.layers.Layer):
             epsilon=LAYER_NORM_EPSILON,
             name="norm",
             dtype=self.dtype_policy,
-        )
+        ) if norm else None
 
     def build(self, input_shape):
         self.conv.build(input_shape)
-        self.norm.build((None, None, None, self.dim))
+        if self.norm is not None:
+            self.norm.build((None, None, None, self.dim))
 
     def call(self, inputs):
-        return channel_norm(self.norm, self.conv(inputs), self.data_format)
+        x = self.conv(inputs)
+        return x if self.norm is None else channel_norm(self.norm, x, self.data_format)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -265,6 +317,7 @@ class Stem(keras.layers.Layer):
             "dim": self.dim,
             "patch_size": self.patch_size,
             "data_format": self.data_format,
+            "norm": self.use_norm,
         }
 
 
@@ -311,13 +364,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ImageNormalization(keras.layers.Layer):
-    """Maps 0-255 RGB to ImageNet-normalized input: ``(x / 255 - mean) / std``. No weights."""
+    """Maps 0-255 images to normalized input: ``(x / 255 - mean) / std`` per channel (ImageNet's
+    RGB statistics by default; one value per channel for other images). No weights."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
+            raise ValueError(
+                f"ImageNormalization needs one mean and one positive std per channel, got "
+                f"mean={self.mean}, std={self.std}"
+            )
         self.data_format = check_data_format(data_format)
+
+    def build(self, input_shape):
+        channels = input_shape[channel_axis(self.data_format)]
+        if channels is not None and channels != len(self.mean):
+            raise ValueError(
+                f"ImageNormalization has statistics for {len(self.mean)} channels, got input "
+                f"shape {tuple(input_shape)}"
+            )
 
     def call(self, inputs):
         shape = (-1, 1, 1) if self.data_format == "channels_first" else (-1,)

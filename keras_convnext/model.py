@@ -23,6 +23,7 @@ from keras_convnext.builder import (  # noqa: F401  (re-exported for the roadmap
     classification_head,
     convnext_graph,
     drop_path_schedule,
+    isotropic_graph,
     make_input,
     takes_model_options,
     validate_arguments,
@@ -39,6 +40,7 @@ def ConvNeXt(
     skip_mismatched_head=False,
     layer_scale_init_value=1e-6,
     kernel_size=7,
+    use_grn=False,
     **options,
 ):
     """Builds a ConvNeXt of any depths and widths as a functional Keras model.
@@ -52,14 +54,20 @@ def ConvNeXt(
             warning) when the checkpoint's head does not fit ``classes``: for fine-tuning.
         layer_scale_init_value: LayerScale init (1e-6); None or 0 builds blocks without it.
         kernel_size: depthwise kernel size (7 in ConvNeXt).
+        use_grn: ConvNeXt V2's blocks (GRN after the GELU); see ``ConvNeXtV2``.
         model_name: name of the returned model (``name`` is an alias).
         include_top: end with global average pooling, LayerNorm and a Dense classifier.
         input_tensor: optional tensor to use as the model's input.
-        input_shape: optional (H, W, 3) (or (3, H, W) with channels_first); H, W >= 32 or None.
+        input_shape: optional (H, W, C) (or (C, H, W) with channels_first); H, W >= 32 or None;
+            any C >= 1 (3 by default). Pretrained 3-channel weights are adapted to C channels
+            (timm's ``adapt_input_conv``: summed over RGB for 1, repeated and rescaled for more).
         pooling: with ``include_top=False``, None (4D feature map), ``"avg"`` or ``"max"``.
         classes: size of the classifier (with ``include_top``).
         classifier_activation: activation of the classifier; None returns logits.
-        include_preprocessing: take 0-255 RGB and normalize with ImageNet mean/std in the model.
+        include_preprocessing: take 0-255 images and normalize them in the model: True (ImageNet's
+            RGB mean/std; for 1-channel input their means; other channel counts go in as they
+            are, with a warning, as in keras.applications), ``(mean, std)`` with one value per
+            channel, or False (the model takes normalized input).
         drop_path_rate: stochastic depth of the last block; rates rise linearly from 0.
         seed: seed of the stochastic depth layers' random generators.
 
@@ -70,8 +78,39 @@ def ConvNeXt(
     validate_weights(weights)
     model = convnext_graph(
         depths, dims, layer_scale_init_value=layer_scale_init_value, kernel_size=kernel_size,
-        **options,
+        use_grn=use_grn, **options,
     )
+    return apply_weights(model, weights, skip_mismatched_head=skip_mismatched_head)
+
+
+@takes_model_options
+def ConvNeXtV2(
+    depths, dims, *, weights=None, skip_mismatched_head=False, layer_scale_init_value=None,
+    kernel_size=7, **options
+):
+    """Builds a ConvNeXt V2 (Woo et al. 2023) of any depths and widths: ConvNeXt's stem,
+    downsampling and head, blocks with GRN after the GELU and no LayerScale. Arguments as
+    ``ConvNeXt``'s; ``model_name`` defaults to ``"convnextv2"``."""
+    options.setdefault("model_name", "convnextv2")
+    return ConvNeXt(depths, dims, weights=weights, skip_mismatched_head=skip_mismatched_head,
+                    layer_scale_init_value=layer_scale_init_value, kernel_size=kernel_size,
+                    use_grn=True, **options)
+
+
+@takes_model_options
+def ConvNeXtIsotropic(
+    depth, dim, *, weights=None, skip_mismatched_head=False, layer_scale_init_value=None,
+    kernel_size=7, **options
+):
+    """Builds an isotropic ConvNeXt (V1 paper, Section 3.3): a 16x16/16 patchify conv, then
+    ``depth`` ConvNeXt blocks at ``dim`` channels (no downsampling), pooling, LayerNorm, head,
+    exactly as the official ``convnext_isotropic.py`` (no norm after the stem; LayerScale off
+    by default, as officially, except for Large). Inputs from 16 px; other arguments as
+    ``ConvNeXt``'s."""
+    validate_weights(weights)
+    options.setdefault("model_name", "convnext_isotropic")
+    model = isotropic_graph(depth, dim, layer_scale_init_value=layer_scale_init_value,
+                            kernel_size=kernel_size, **options)
     return apply_weights(model, weights, skip_mismatched_head=skip_mismatched_head)
 
 
@@ -131,12 +170,12 @@ def feature_extractor(model):
     """A model with the same input as ``model`` returning the stage outputs.
 
     The outputs are a dict ``{"stage_0": stride 4, "stage_1": stride 8, "stage_2": stride 16,
-    "stage_3": stride 32}`` of un-normalized feature maps, sharing ``model``'s weights (for
+    "stage_3": stride 32}`` (an isotropic ConvNeXt has one, ``stage_0`` at stride 16) of un-normalized feature maps, sharing ``model``'s weights (for
     detection and segmentation necks, e.g. an FPN). The returned model's ``feature_info`` is
     the list of ``StageInfo`` (stride, channels, layers) of those outputs, like timm's.
     """
     info = stages(model)
-    missing = sorted(set(range(NUM_STAGES)) - {s.index for s in info})
+    missing = sorted(set(range(len(info))) - {s.index for s in info})
     if missing:
         raise ValueError(f"model {model.name!r} has no ConvNeXt stage {missing[0]} blocks")
     outputs = {s.name: model.get_layer(s.output_layer).output for s in info}

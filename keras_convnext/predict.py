@@ -16,7 +16,9 @@ import numpy as np
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m keras_convnext.predict", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--model", default="tiny", help="variant: atto, femto, pico, nano, tiny, small, base, large, xlarge")
+    parser.add_argument("--model", default="tiny",
+                        help="variant of any family: atto ... xlarge, v2_atto ... v2_huge, "
+                             "isotropic_small ... isotropic_large")
     parser.add_argument("--weights", default=None, help="checkpoint path or 'imagenet'")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--top", type=int, default=5)
@@ -50,7 +52,7 @@ def main(argv=None):
         for rank, (index, name, score) in enumerate(top, 1):
             print(f"  {rank}. {name:<30} {score:7.2%}  (class {index})")
     print(
-        f"convnext_{variant.name}: built and loaded in {load_seconds:.1f} s; "
+        f"{variant.model_name}: built and loaded in {load_seconds:.1f} s; "
         f"{len(images)} image(s) in {seconds * 1000:.0f} ms "
         f"({len(images) / seconds:.1f} img/s, backend {__import__('keras').backend.backend()})"
     )

@@ -100,6 +100,17 @@ def _assert_same_values_and_grads(fast, plain, weight_rtol=1e-5):
         np.testing.assert_allclose(grad_fast, grad_plain, rtol=weight_rtol, atol=1e-4)
 
 
+def _assert_fast_path_matches_plain(layer, x, rng, weight_rtol=1e-5):
+    """``layer``'s outputs and gradients (for a random upstream gradient) agree with fast paths
+    on and off."""
+    upstream = rng.standard_normal(x.shape).astype("float32")
+    with dispatch.fast_paths(False):
+        plain_results = _value_and_grads(layer, x, upstream)
+    with dispatch.fast_paths(True):
+        fast_results = _value_and_grads(layer, x, upstream)
+    _assert_same_values_and_grads(fast_results, plain_results, weight_rtol=weight_rtol)
+
+
 def _inference():
     """Autograd off, as in ``predict``: torch's inference-only fusions apply."""
     if BACKEND == "torch":
@@ -220,12 +231,7 @@ def test_block_fast_paths_on_and_off_agree(data_format, rng):
     block = ConvNeXtBlock(8, layer_scale_init_value=0.5, data_format=data_format)
     x = _input(data_format, 8, rng)
     block.build(x.shape)
-    upstream = rng.standard_normal(x.shape).astype("float32")
-    with dispatch.fast_paths(False):
-        plain_results = _value_and_grads(block, x, upstream)
-    with dispatch.fast_paths(True):
-        fast_results = _value_and_grads(block, x, upstream)
-    _assert_same_values_and_grads(fast_results, plain_results, weight_rtol=1e-4)
+    _assert_fast_path_matches_plain(block, x, rng, weight_rtol=1e-4)
 
 
 @pytest.mark.parametrize("layer_scale", [0.5, None])
@@ -263,3 +269,30 @@ def test_fast_path_switch():
         assert not dispatch.fast_paths_enabled()
     assert dispatch.fast_paths_enabled() == initial
     assert dispatch.set_fast_paths(initial) == initial
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_grn_fast_path_gives_the_plain_values_and_gradients(data_format, rng):
+    """GRN (torch: vector_norm + addcmul) equals the plain Keras ops, outputs and gradients,
+    with nonzero gamma and beta."""
+    from keras_convnext.layers import GRN
+
+    layer = GRN(data_format=data_format)
+    x = _input(data_format, 6, rng)
+    layer.build(x.shape)
+    layer.set_weights([rng.standard_normal(6).astype("float32") for _ in range(2)])
+    _assert_fast_path_matches_plain(layer, x, rng)
+
+
+def test_v2_block_fast_paths_give_the_plain_values_and_gradients(rng):
+    block = ConvNeXtBlock(8, layer_scale_init_value=None, use_grn=True)
+    x = _input("channels_last", 8, rng)
+    block.build(x.shape)
+    block.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.3
+                       for w in block.weights])
+    _assert_fast_path_matches_plain(block, x, rng, weight_rtol=1e-4)
+    with _inference():
+        with dispatch.fast_paths(False):
+            y_plain = keras.ops.convert_to_numpy(block(x, training=False))
+        y_fast = keras.ops.convert_to_numpy(block(x, training=False))
+    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)

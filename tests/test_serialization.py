@@ -58,9 +58,9 @@ def test_a_trained_model_keeps_training_after_reload(tmp_path):
 
 _SAVE = """
 import sys, numpy as np, keras, keras_convnext
-out = sys.argv[1]
-model = keras_convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), classes=5,
-                                classifier_activation=None, drop_path_rate=0.1, seed=3)
+out, builder = sys.argv[1], getattr(keras_convnext, sys.argv[2])
+model = builder(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), classes=5,
+                classifier_activation=None, drop_path_rate=0.1, seed=3)
 rng = np.random.default_rng(0)
 for v in model.weights:
     v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
@@ -81,13 +81,14 @@ for src in sources:
 
 
 @run_once_across_backends()
-def test_saved_on_one_backend_loaded_on_every_other_gives_the_same_outputs(tmp_path):
+@pytest.mark.parametrize("builder", ["ConvNeXt", "ConvNeXtV2"])
+def test_saved_on_one_backend_loaded_on_every_other_gives_the_same_outputs(tmp_path, builder):
     """Same weights -> same outputs on TensorFlow, JAX and PyTorch (within float32 noise),
-    and a .keras file from any backend loads on any other."""
+    and a .keras file from any backend loads on any other (V1, and V2 with GRN randomized)."""
     sources = {saver: tmp_path / f"saved_by_{saver}" for saver in BACKENDS}
     for saver, src in sources.items():
         src.mkdir()
-        run_python(_SAVE, saver, src)
+        run_python(_SAVE, saver, src, builder)
     for loader in BACKENDS:
         run_python(_LOAD, loader, tmp_path, *sources.values())
     for saver, src in sources.items():

@@ -185,3 +185,34 @@ def test_tfds_source_from_a_prepared_data_dir(tmp_path):
     assert image.shape == (12, 12, 3) and image.dtype == tf.uint8  # grayscale -> RGB
     with pytest.raises(data.DataError, match="tfds"):
         data.load(_config(dataset="tfds:not_a_dataset_here", data_dir=str(tmp_path)))
+
+
+def test_one_channel_runs_feed_gray_images_from_the_start():
+    config = _config(channels=1, random_erasing=0.5, mixup=0.8)
+    source = data.load(config)
+    image, _ = next(iter(source.train))
+    assert image.shape == (8, 8, 1) and "1 channel" in source.description
+    rgb_image, _ = next(iter(data.load(_config()).train))
+    np.testing.assert_array_equal(image.numpy()[..., 0], rgb_image.numpy()[..., 0])
+    images, labels = next(iter(data.train_pipeline(
+        source, config, 4, augment.image_augment(config), augment.batch_augment(config))))
+    assert images.shape == (4, 32, 32, 1) and labels.shape == (4, 10)
+    held, _ = next(iter(data.eval_pipeline(source, config, 4)))
+    assert held.shape == (4, 32, 32, 1)
+
+
+def test_rgb_folders_become_their_luma_with_one_channel(tmp_path):
+    _write_folder(tmp_path / "images")
+    config = make_config({}, {"dataset": f"folder:{tmp_path / 'images'}", "channels": 1,
+                              "rand_augment_ops": 0})
+    image, _ = next(iter(data.load(config).train))
+    assert image.shape[-1] == 1
+
+
+def test_one_channel_is_refused_with_randaugment():
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="channels=1 with RandAugment"):
+        _config(channels=1, rand_augment_ops=2)
+    with pytest.raises(ConfigError, match="channels=2"):
+        _config(channels=2)

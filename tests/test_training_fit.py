@@ -148,3 +148,12 @@ def test_fine_tune_weights_load_the_trunk_and_replace_a_new_head(tmp_path):
     wider = model_builder(tiny_config(tmp_path / "run", dims=(16, 16, 32, 64)), 10)()
     with pytest.raises(ConfigError, match="weights do not fit this model: stem/conv/kernel"):
         load_pretrained(wider, read_pretrained(str(tmp_path / "source.keras")), messages.append)
+
+
+def test_a_one_channel_run_trains_and_exports_a_one_channel_model(tmp_path):
+    result = run(tiny_config(tmp_path / "gray", epochs=1, channels=1, export=False),
+                 log=lambda m: None)
+    model = result.model
+    assert model.input_shape == (None, 32, 32, 1)
+    assert model.get_layer("preprocessing").mean == pytest.approx((np.mean([0.485, 0.456, 0.406]),))
+    assert np.isfinite(result.rows[0]["loss"])

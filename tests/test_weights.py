@@ -11,7 +11,7 @@ import pytest
 import keras_convnext
 import weights_references as R
 from conftest import run_once_across_backends, run_python
-from keras_convnext.variants import VARIANTS, Variant
+from keras_convnext.variants import ALL_VARIANTS, VARIANTS, Variant
 from keras_convnext.weights import CheckpointError, load_weights, presets, read_checkpoint
 from keras_convnext.weights.assign import architecture, plan
 from keras_convnext.weights.converted import Converted
@@ -452,7 +452,7 @@ def test_registry_names_the_official_files():
     assert tiny.url == "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth"
     assert presets.PRESETS[("xlarge", "imagenet22k")].classes == 21841
     assert presets.PRESETS[("atto", "imagenet")].sha256_prefix == "01bb0f51"
-    assert {v for v, _ in presets.PRESETS} == set(VARIANTS)
+    assert {v for v, _ in presets.PRESETS} == set(ALL_VARIANTS)  # every family, every size
 
 
 def test_imagenet_for_a_variant_without_checkpoint(model):

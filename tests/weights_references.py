@@ -13,19 +13,19 @@ Every format is proven against code that is not ours:
   reference logits on every backend.
 
 timm imports torchvision for its data pipeline and BatchNorm freezing, never for ConvNeXt, and
-no CPU build of torchvision installs beside this project's CPU torch; ``import_timm`` lets
-those imports resolve to empty modules while timm is imported, then removes them again.
+no CPU build of torchvision installs beside this project's CPU torch; ``harness.import_timm``
+lets those imports resolve to empty modules while timm is imported, then removes them again.
 """
 
-import contextlib
 import importlib
-import importlib.util
-import importlib.abc
-import importlib.machinery
+import os
 import sys
-import types
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import harness  # noqa: E402  (benchmarks/harness.py: importing timm without torchvision)
 
 DEPTHS = (1, 1, 2, 1)
 DIMS = (16, 24, 32, 40)
@@ -83,66 +83,10 @@ def hf_model(seed, depths=DEPTHS, dims=DIMS, classes=CLASSES):
 # timm
 
 
-class _EmptyModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves ``torchvision`` and its submodules to modules whose every attribute is an
-    inert placeholder class."""
-
-    class _Placeholder(type):
-        def __getattr__(cls, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return f"{cls.__name__}.{name}"
-
-    class _Module(types.ModuleType):
-        def __getattr__(self, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            value = _EmptyModules._Placeholder(name, (), {"__init__": lambda *a, **k: None})
-            setattr(self, name, value)
-            return value
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = self._Module(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-@contextlib.contextmanager
-def _without_torchvision():
-    finder = _EmptyModules()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            if isinstance(sys.modules[name], _EmptyModules._Module):
-                del sys.modules[name]
-
-
 def import_timm():
-    """timm's ConvNeXt module, or None if timm is not installed."""
-    if importlib.util.find_spec("timm") is None:
-        return None
-    if "timm.models.convnext" in sys.modules:
-        return sys.modules["timm.models.convnext"]
-    try:
-        import torchvision  # noqa: F401  (a working torchvision needs no help)
-
-        return importlib.import_module("timm.models.convnext")
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-    with _without_torchvision():
-        return importlib.import_module("timm.models.convnext")
+    """timm's ConvNeXt module, or None if timm is not installed (``harness.import_timm``)."""
+    timm = harness.import_timm()
+    return None if timm is None else importlib.import_module("timm.models.convnext")
 
 
 def timm_model(convnext, seed, depths=DEPTHS, dims=DIMS, classes=CLASSES, conv_mlp=False):
@@ -153,24 +97,19 @@ def timm_model(convnext, seed, depths=DEPTHS, dims=DIMS, classes=CLASSES, conv_m
 
 
 def timm_to_official(convnext, timm_module):
-    """The timm model's tensors under facebookresearch/ConvNeXt names, certified by timm:
-    timm's ``checkpoint_filter_fn`` must map them back to exactly the timm state dict, which
-    timm's strict ``load_state_dict`` accepts."""
-    import re
-
+    """The timm model's tensors under the official repositories' names (facebookresearch/
+    ConvNeXt; ConvNeXt-V2's GRN as ``grn.gamma``/``grn.beta`` shaped (1, 1, 1, C)), certified by
+    timm: timm's ``checkpoint_filter_fn`` must map them back to exactly the timm state dict,
+    which timm's strict ``load_state_dict`` accepts."""
     import torch
 
     timm_state = timm_module.state_dict()
     official = {}
-    for key, value in timm_state.items():
-        name = key.replace("stem.", "downsample_layers.0.")
-        name = re.sub(r"stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", name)
-        name = re.sub(r"stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", name)
-        name = name.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
-        name = name.replace("head.fc.", "head.").replace("head.norm.", "norm.")
-        if "pwconv" in name and value.ndim == 4:  # the official MLP is nn.Linear
-            value = value[:, :, 0, 0]
-        official[name] = value.clone()
+    for key, value in official_names(timm_state).items():
+        if ".grn." in key:
+            value = value.reshape(1, 1, 1, -1)
+            key = key.replace("mlp.grn.weight", "grn.gamma").replace("mlp.grn.bias", "grn.beta")
+        official[key] = value.clone()
     back = convnext.checkpoint_filter_fn({"model": official}, timm_module)
     assert sorted(back) == sorted(timm_state), "timm does not read these names as official"
     for key, value in back.items():
@@ -297,7 +236,6 @@ def _write_hf(refs):
 
 
 def _write_timm(refs):
-    import safetensors.torch
     import torch
 
     convnext = import_timm()
@@ -306,16 +244,9 @@ def _write_timm(refs):
     refs.timm = convnext
     for seed, conv_mlp in ((1, False), (2, True)):
         model = timm_model(convnext, seed, conv_mlp=conv_mlp)
-        logits = torch_logits(model, refs.images)
         tag = "conv-mlp" if conv_mlp else "linear-mlp"
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        safetensors.torch.save_file(state, refs.path(tag, "timm.safetensors"))
-        refs.add(f"timm-{tag}-safetensors", refs.path(tag, "timm.safetensors"), logits)
-        torch.save(state, refs.path(tag, "timm.pth"))
-        refs.add(f"timm-{tag}-pth", refs.path(tag, "timm.pth"), logits)
-        official = timm_to_official(convnext, model)
-        torch.save({"model": official}, refs.path(tag, "official.pth"))
-        refs.add(f"official-{tag}", refs.path(tag, "official.pth"), logits)
+        official = _write_timm_files(refs, model, tag, timm_to_official(convnext, model), ".pth")
+        logits = refs.logits[f"official-{tag}"]
         if not conv_mlp:
             refs.official_state = official
             # A training checkpoint: "model" and "model_ema" differ; the EMA is the reference.
@@ -324,6 +255,24 @@ def _write_timm(refs):
                        refs.path(tag, "official_train.pth"))
             refs.files["official-training"] = refs.path(tag, "official_train.pth")
             refs.logits["official-training"] = logits
+
+
+def _write_timm_files(refs, model, tag, official, official_suffix):
+    """The timm model's ``.safetensors`` and ``.pth`` and its ``official`` state dict (as the
+    official repository saves it), with the timm model's logits; returns ``official``."""
+    import safetensors.torch
+    import torch
+
+    logits = torch_logits(model, refs.images)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(state, refs.path(tag, "timm.safetensors"))
+    refs.add(f"timm-{tag}-safetensors", refs.path(tag, "timm.safetensors"), logits)
+    torch.save(state, refs.path(tag, "timm.pth"))
+    refs.add(f"timm-{tag}-pth", refs.path(tag, "timm.pth"), logits)
+    name = f"official{official_suffix}"
+    torch.save({"model": official}, refs.path(tag, name))
+    refs.add(f"official-{tag}", refs.path(tag, name), logits)
+    return official
 
 
 def _write_keras_applications(refs):
@@ -347,3 +296,117 @@ def _write_keras_applications(refs):
     refs.ka_notop_features = keras.ops.convert_to_numpy(before_norm(refs.pixels))
     save_legacy_h5(notop, refs.path("ka", "convnext_custom_notop.h5"))
     refs.files["keras-applications-notop-h5"] = refs.path("ka", "convnext_custom_notop.h5")
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvNeXt V2 (GRN) and isotropic ConvNeXt
+
+
+def hf_v2_model(seed, depths=DEPTHS, dims=DIMS, classes=CLASSES):
+    from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
+
+    config = ConvNextV2Config(
+        depths=list(depths), hidden_sizes=list(dims), num_labels=classes, layer_norm_eps=1e-6
+    )
+    return randomize_torch(ConvNextV2ForImageClassification(config), seed)
+
+
+def timm_v2_model(convnext, seed, depths=DEPTHS, dims=DIMS, classes=CLASSES, conv_mlp=False):
+    model = convnext.ConvNeXt(depths=depths, dims=dims, num_classes=classes, conv_mlp=conv_mlp,
+                              use_grn=True, ls_init_value=None)
+    return randomize_torch(model, seed)
+
+
+def grn_is_randomized(module):
+    """Every GRN gamma and beta differs from zero (zeros would hide a wrong GRN)."""
+    grn = {n: p for n, p in module.named_parameters() if "grn" in n}
+    return bool(grn) and all(bool((p != 0).all()) for p in grn.values())
+
+
+def official_names(timm_state):
+    """timm's key names -> the official repositories' (shared by V1 and V2)."""
+    import re
+
+    out = {}
+    for key, value in timm_state.items():
+        name = key.replace("stem.", "downsample_layers.0.")
+        name = re.sub(r"stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", name)
+        name = re.sub(r"stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", name)
+        name = name.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
+        name = name.replace("head.fc.", "head.").replace("head.norm.", "norm.")
+        if "pwconv" in name and value.ndim == 4:  # the official MLP is nn.Linear
+            value = value[:, :, 0, 0]
+        out[name] = value
+    return out
+
+
+def isotropic_module(convnext, depth=2, dim=32, classes=CLASSES, layer_scale=None):
+    """The official ``ConvNeXtIsotropic`` (facebookresearch/ConvNeXt
+    ``models/convnext_isotropic.py``: a 16x16/16 conv stem with no norm, ``depth`` blocks at
+    ``dim`` channels, global average pooling, LayerNorm, Linear) assembled from timm's
+    ``ConvNeXtBlock``, which is the official ``Block``."""
+    from torch import nn
+
+    class Isotropic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, dim, kernel_size=16, stride=16)
+            self.blocks = nn.Sequential(*[
+                convnext.ConvNeXtBlock(dim, ls_init_value=layer_scale, conv_mlp=False)
+                for _ in range(depth)])
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, x):
+            x = self.blocks(self.stem(x))
+            return self.head(self.norm(x.mean([-2, -1])))
+
+    return Isotropic()
+
+
+def isotropic_reference(convnext, seed, depth=2, dim=32, classes=CLASSES, layer_scale=None):
+    """A randomized ``isotropic_module`` and its state dict under the official names."""
+    import torch
+
+    module = randomize_torch(isotropic_module(convnext, depth, dim, classes, layer_scale), seed)
+    state = {}
+    for key, value in module.state_dict().items():
+        state[key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")] = value.clone()
+    with torch.no_grad():
+        assert all(torch.isfinite(v).all() for v in state.values())
+    return module, state
+
+
+def write_v2_references(refs):
+    """HF ConvNextV2 files, timm V2 files (Linear and 1x1-conv MLP), official V2 ``.pt``
+    files and an official isotropic ``.pth``, with their reference logits."""
+    import torch
+    from transformers import ConvNextV2ForImageClassification
+
+    model = hf_v2_model(seed=10)
+    assert grn_is_randomized(model)
+    logits = torch_logits(model, refs.images)
+    model.save_pretrained(refs.path("hf_v2", ""))
+    refs.add("v2-hf-safetensors", refs.path("hf_v2", "model.safetensors"), logits)
+    refs.files["v2-hf-folder"] = refs.path("hf_v2", "")
+    refs.logits["v2-hf-folder"] = logits
+    torch.save(model.state_dict(), refs.path("hf_v2_bin", "pytorch_model.bin"))
+    model.config.save_pretrained(refs.path("hf_v2_bin", ""))
+    reloaded = ConvNextV2ForImageClassification.from_pretrained(refs.path("hf_v2_bin", ""))
+    assert np.array_equal(torch_logits(reloaded.eval(), refs.images), logits)
+    refs.add("v2-hf-bin", refs.path("hf_v2_bin", "pytorch_model.bin"), logits)
+
+    convnext = import_timm()
+    if convnext is None:
+        return
+    for seed, conv_mlp in ((11, False), (12, True)):
+        model = timm_v2_model(convnext, seed, conv_mlp=conv_mlp)
+        assert grn_is_randomized(model)
+        tag = "v2-conv-mlp" if conv_mlp else "v2-linear-mlp"
+        _write_timm_files(refs, model, tag, timm_to_official(convnext, model), ".pt")
+    for layer_scale in (None, 1e-6):
+        module, state = isotropic_reference(convnext, seed=13, layer_scale=layer_scale)
+        tag = "iso-ls" if layer_scale else "iso"
+        torch.save({"model": state}, refs.path(tag, "official.pth"))
+        refs.add(f"official-{tag}", refs.path(tag, "official.pth"),
+                 torch_logits(module, refs.images))

@@ -14,7 +14,7 @@ import json
 import os
 import typing
 
-from keras_convnext.architecture import VARIANTS, get_variant
+from keras_convnext.architecture import ALL_VARIANTS, get_variant
 
 MIXED_PRECISION = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -38,6 +38,7 @@ class Config:
     label_offset: int = 0  # subtracted from tfrecord labels (1-based ImageNet records: 1)
     # --- image transforms and augmentation (the official recipe's values)
     image_size: int = 224
+    channels: int = 3  # 3: RGB (gray replicated); 1: one channel (gray data, or RGB's luma)
     crop_pct: float = 0.875  # eval: resize the short side to image_size / crop_pct, center crop
     crop_scale: typing.Tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
     crop_ratio: typing.Tuple[float, float] = (0.75, 4.0 / 3.0)  # and aspect-ratio range
@@ -55,7 +56,7 @@ class Config:
     depths: typing.Optional[typing.Tuple[int, ...]] = None  # custom ConvNeXt (with dims)
     dims: typing.Optional[typing.Tuple[int, ...]] = None
     drop_path: typing.Optional[float] = None  # stochastic depth; None: the variant's paper value
-    layer_scale_init: float = 1e-6
+    layer_scale_init: typing.Optional[float] = None  # None: the variant's (1e-6; V2: none)
     weights: typing.Optional[str] = None  # fine-tune from a .keras / .weights.h5 / run folder
     # --- optimization
     epochs: int = 300
@@ -230,6 +231,10 @@ def validate(c):
     _check(c.num_classes is None or c.num_classes >= 2,
            f"num_classes={c.num_classes} (must be >= 2)")
     _check(c.image_size >= 32, f"image_size={c.image_size} (ConvNeXt needs >= 32 pixels)")
+    _check(c.channels in (1, 3), f"channels={c.channels} (1 or 3)")
+    _check(c.channels == 3 or c.rand_augment_ops == 0,
+           "channels=1 with RandAugment (its color operations need RGB: pass "
+           "--rand-augment-ops 0 or --channels 3)")
     _check(0.0 < c.crop_pct <= 1.0, f"crop_pct={c.crop_pct} (must be in (0, 1])")
     _check(len(c.crop_scale) == 2 and 0.0 < c.crop_scale[0] <= c.crop_scale[1] <= 1.0,
            f"crop_scale={list(c.crop_scale)} (need 0 < min <= max <= 1)")
@@ -256,11 +261,12 @@ def validate(c):
             get_variant(c.model)
         except ValueError:
             raise ConfigError(
-                f"unknown model {c.model!r}; choose one of {', '.join(VARIANTS)}"
+                f"unknown model {c.model!r}; choose one of {', '.join(ALL_VARIANTS)}"
             ) from None
     _check(c.drop_path is None or 0.0 <= c.drop_path < 1.0,
            f"drop_path={c.drop_path} (must be in [0, 1))")
-    _check(c.layer_scale_init >= 0.0, f"layer_scale_init={c.layer_scale_init} (must be >= 0)")
+    _check(c.layer_scale_init is None or c.layer_scale_init >= 0.0,
+           f"layer_scale_init={c.layer_scale_init} (must be >= 0)")
     if c.weights is not None and not os.path.exists(c.weights):
         raise ConfigError(f"weights not found: {c.weights}")
     _check(c.epochs >= 1, f"epochs={c.epochs} (must be >= 1)")
@@ -320,7 +326,7 @@ def build_parser():
         default = field.default
         help_text = f"(default: {default!r})"
         if name == "model":
-            help_text = f"one of {', '.join(VARIANTS)} {help_text}"
+            help_text = f"one of {', '.join(ALL_VARIANTS)} {help_text}"
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)

@@ -48,6 +48,7 @@ class Source:
     num_val: typing.Optional[int]
     description: str
     files: typing.Sequence[str] = ()  # image files, to name a corrupt one if decoding fails
+    gray: bool = False  # the images are gray (replicated to RGB)
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -82,7 +83,8 @@ def _digits_source():
         return tf.data.Dataset.from_tensor_slices((rgb[idx], labels[idx].astype(np.int32)))
 
     return Source(make(train_idx), make(val_idx), 10, len(train_idx), len(val_idx),
-                  f"digits ({len(train_idx)} train / {len(val_idx)} held out, 8x8 upsampled)")
+                  f"digits ({len(train_idx)} train / {len(val_idx)} held out, 8x8 upsampled)",
+                  gray=True)
 
 
 def _list_class_folder(path):
@@ -290,7 +292,24 @@ def load(config):
                                      files=list(source.files) + list(held.files))
     if source.num_train is not None and source.num_train == 0:
         raise DataError(f"dataset {config.dataset} holds no training examples")
-    return source
+    return with_channels(source, config.channels)
+
+
+def with_channels(source, channels):
+    """``source`` with images of ``channels`` channels: 3 as read (RGB, gray replicated), or
+    1 (a gray source's one channel, or the luma of RGB), converted before every transform so
+    that the pipeline and the model's stem work on one channel only."""
+    if channels == 3:
+        return source
+
+    def one_channel(image, label):
+        image = image[..., :1] if source.gray else tf.image.rgb_to_grayscale(image)
+        return image, label
+
+    return dataclasses.replace(
+        source, train=source.train.map(one_channel),
+        val=None if source.val is None else source.val.map(one_channel),
+        description=f"{source.description}, 1 channel")
 
 
 # --------------------------------------------------------------------------------- transforms
@@ -349,7 +368,7 @@ def train_transform(image, config):
         use_image_if_no_bounding_boxes=True,
     )
     crop = tf.slice(image, begin, size)
-    crop.set_shape([None, None, 3])
+    crop.set_shape([None, None, image.shape[-1]])
     out = _resize(crop, (config.image_size, config.image_size))
     if config.hflip:
         out = tf.image.random_flip_left_right(out)
@@ -368,7 +387,7 @@ def eval_transform(image, image_size, crop_pct):
     top = (new[0] - image_size) // 2
     left = (new[1] - image_size) // 2
     out = resized[top:top + image_size, left:left + image_size, :]
-    out.set_shape([image_size, image_size, 3])
+    out.set_shape([image_size, image_size, image.shape[-1]])
     return out
 
 

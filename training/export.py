@@ -4,7 +4,8 @@
   not compiled: no optimizer inside), holding the EMA weights when EMA is on. Loads anywhere
   with ``keras.saving.load_model`` after ``import keras_convnext``, on every backend.
 * ``export_saved_model``: a SavedModel with two signatures, ``serving_default`` taking float32
-  images and ``serve_uint8`` taking uint8 images, both (batch, height, width, 3) RGB in 0-255,
+  images and ``serve_uint8`` taking uint8 images, both (batch, height, width, C) in 0-255 (C: the
+  model's channels, 3 for RGB),
   resized to the training size when they differ, returning ``{"probabilities": (batch, classes)}``.
   On the TensorFlow backend it is written in-process with ``keras.export.ExportArchive``. On JAX
   and PyTorch the saved ``.keras`` file is exported by a TensorFlow-backend subprocess
@@ -56,14 +57,14 @@ def save_keras(model, path):
 def _write_saved_model(model, export_dir):
     import tensorflow as tf
 
-    height, width = model.input_shape[1:3]
+    height, width, channels = model.input_shape[1:4]
 
     def serve(images):
         x = tf.cast(images, tf.float32)
         same = tf.logical_and(tf.shape(x)[1] == height, tf.shape(x)[2] == width)
         x = tf.cond(same, lambda: x,
                     lambda: tf.image.resize(x, (height, width), method="bicubic", antialias=True))
-        x = tf.ensure_shape(x, [None, height, width, 3])
+        x = tf.ensure_shape(x, [None, height, width, channels])
         return {"probabilities": model(x, training=False)}
 
     archive = keras.export.ExportArchive()
@@ -71,7 +72,7 @@ def _write_saved_model(model, export_dir):
     for name, dtype in (("serving_default", tf.float32), ("serve_uint8", tf.uint8)):
         archive.add_endpoint(
             name, tf.function(serve),
-            input_signature=[tf.TensorSpec([None, None, None, 3], dtype, name="images")],
+            input_signature=[tf.TensorSpec([None, None, None, channels], dtype, name="images")],
         )
     archive.write_out(export_dir, verbose=False)
 

@@ -74,7 +74,11 @@ def no_weight_decay_variables(model):
 
 
 def num_layer_groups(depths):
-    """Index of the last group (stage 3): 12 for depths (3, 3, 27, 3), as officially."""
+    """Index of the last group (stage 3): 12 for depths (3, 3, 27, 3), as officially. A
+    single-stage (isotropic) model gets a group per block, as a ViT's layer decay does: the
+    last is ``depth``."""
+    if len(depths) == 1:
+        return depths[0]
     return 3 + math.ceil(depths[2] / 3)
 
 
@@ -88,6 +92,8 @@ def layer_id(path, depths):
         return last + 1  # head_norm, predictions (and anything else outside the trunk)
     if where.part in ("preprocessing", "stem"):
         return 0
+    if len(depths) == 1:  # isotropic: block j is group j + 1
+        return where.block + 1
     if where.part == "downsample":
         return where.stage + 1 if where.stage in (1, 2) else last
     if where.stage in (0, 1):

@@ -92,11 +92,13 @@ def build_step(step, config, num_classes, width_divisor=1):
         overrides["stem_width"] = max(1, step_config.stem_width // width_divisor)
     return roadmap.build(
         step,
-        input_shape=(config.image_size, config.image_size, 3),
+        input_shape=(config.image_size, config.image_size, config.channels),
         classes=num_classes,
         # drop_path=None: ConvNeXt-T's paper value, the recipe every step is trained with
         drop_path_rate=drop_path_rate(config, get_variant("tiny").default_drop_path_rate),
-        layer_scale_init_value=config.layer_scale_init or None,
+        # layer_scale_init=None: the recipe's 1e-6 (every step is trained with LayerScale)
+        layer_scale_init_value=(1e-6 if config.layer_scale_init is None
+                                else config.layer_scale_init or None),
         seed=config.seed,
         **overrides,
     )

@@ -58,18 +58,22 @@ def model_spec(config):
 
 
 def model_builder(config, num_classes):
+    """A function building the configured model: a variant of any family (its LayerScale
+    default unless ``layer_scale_init`` is set), or a custom ConvNeXt of ``depths``/``dims``."""
     name, depths, dims, drop = model_spec(config)
+    common = dict(
+        input_shape=(config.image_size, config.image_size, config.channels),
+        classes=num_classes,
+        drop_path_rate=drop,
+        seed=config.seed,
+    )
+    if config.layer_scale_init is not None:
+        common["layer_scale_init_value"] = config.layer_scale_init or None
 
     def build():
-        return keras_convnext.ConvNeXt(
-            depths, dims,
-            model_name=f"convnext_{name}",
-            input_shape=(config.image_size, config.image_size, 3),
-            classes=num_classes,
-            drop_path_rate=drop,
-            layer_scale_init_value=config.layer_scale_init or None,
-            seed=config.seed,
-        )
+        if config.depths is not None:
+            return keras_convnext.ConvNeXt(depths, dims, model_name="convnext_custom", **common)
+        return keras_convnext.build(name, **common)
 
     return build
 

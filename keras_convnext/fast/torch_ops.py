@@ -177,3 +177,80 @@ def conv2d(inputs, kernel, bias, strides, padding, data_format):
     x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad)
     return _to_caller_layout(out, data_format)
+
+
+def grn(inputs, gamma, beta, epsilon, channels_last, overwrite_inputs=False):
+    """GRN with few passes over the map and no large temporaries (on CPU a fresh tensor of
+    feature-map size costs more than the arithmetic: page faults): the squared norm summed in
+    float32 over slices of the map, then ``beta + x * (1 + gamma * N)`` as one ``addcmul``
+    (written into ``inputs`` when ``overwrite_inputs`` and nothing needs them for a backward
+    pass). With autograd, ``_GRN``: the backward pass written out, two passes over the map."""
+    if torch.is_grad_enabled() and (inputs.requires_grad or gamma.requires_grad
+                                    or beta.requires_grad):
+        return _GRN.apply(inputs, gamma, beta, epsilon, channels_last)
+    scale = _grn_scale(inputs, gamma, epsilon, channels_last)[0]
+    beta = beta.to(inputs.dtype).reshape(scale.shape[1:])
+    if overwrite_inputs and not torch.compiler.is_compiling():
+        return inputs.mul_(scale.to(inputs.dtype)).add_(beta)
+    return torch.addcmul(beta, inputs, scale.to(inputs.dtype))
+
+
+_GRN_SLICE = 64  # rows of the flattened map per slice: temporaries stay small and in cache
+
+
+def _spatial_sum(a, b, channels_last):
+    """float32 ``sum over (H, W) of a * b`` per sample and channel, shaped (N, C), computed
+    over slices of the map."""
+    n = a.shape[0]
+    if channels_last:
+        c = a.shape[-1]
+        a, b, axis = a.reshape(n, -1, c), b.reshape(n, -1, c), 1
+    else:
+        c = a.shape[1]
+        a, b, axis = a.reshape(n, c, -1), b.reshape(n, c, -1), 2
+    total = torch.zeros(n, c, dtype=torch.float32, device=a.device)
+    for part_a, part_b in zip(a.split(_GRN_SLICE, dim=axis), b.split(_GRN_SLICE, dim=axis)):
+        total += (part_a.float() * part_b.float()).sum(axis)
+    return total
+
+
+def _grn_scale(inputs, gamma, epsilon, channels_last):
+    """(``1 + gamma * N`` in float32 shaped (N, 1, 1, C) or (N, C, 1, 1), the norm G (N, C),
+    ``D = mean_c G + epsilon`` (N, 1)): what the forward pass and the backward pass need."""
+    norm = _spatial_sum(inputs, inputs, channels_last).sqrt_()
+    denominator = norm.mean(dim=1, keepdim=True) + epsilon
+    scale = torch.addcmul(torch.ones((), dtype=torch.float32, device=inputs.device),
+                          gamma.to(torch.float32).reshape(1, -1), norm / denominator)
+    view = (norm.shape[0], 1, 1, norm.shape[1]) if channels_last else (
+        norm.shape[0], norm.shape[1], 1, 1)
+    return scale.reshape(view), norm, denominator
+
+
+class _GRN(torch.autograd.Function):
+    """GRN's backward written out: ``dL/ds = sum dy * x`` and ``dbeta = sum dy`` per channel,
+    then ``dx = dy * s + x * dG / G`` (see ``dispatch._grn_gradients``, the same algebra)."""
+
+    @staticmethod
+    def forward(ctx, inputs, gamma, beta, epsilon, channels_last):
+        scale, norm, denominator = _grn_scale(inputs, gamma, epsilon, channels_last)
+        ctx.save_for_backward(inputs, gamma, norm, denominator, scale)
+        ctx.channels_last = channels_last
+        return torch.addcmul(beta.to(inputs.dtype).reshape(scale.shape[1:]), inputs,
+                             scale.to(inputs.dtype))
+
+    @staticmethod
+    def backward(ctx, upstream):
+        inputs, gamma, norm, denominator, scale = ctx.saved_tensors
+        upstream = upstream.contiguous()
+        channels_last = ctx.channels_last
+        dscale = _spatial_sum(upstream, inputs, channels_last)  # (N, C)
+        spatial = (1, 2) if channels_last else (2, 3)
+        dbeta = upstream.sum(dim=(0,) + spatial, dtype=torch.float32)
+        normalized = norm / denominator
+        dgamma = (dscale * normalized).sum(0)
+        dnormalized = dscale * gamma.to(torch.float32).reshape(1, -1)
+        dnorm = (dnormalized - (dnormalized * normalized).mean(1, keepdim=True)) / denominator
+        k = (dnorm / norm.clamp_min(1e-15)).reshape(scale.shape)  # a zero channel: no NaN
+        dinputs = upstream * scale.to(upstream.dtype)
+        dinputs.addcmul_(inputs, k.to(inputs.dtype))
+        return dinputs, dgamma.to(gamma.dtype), dbeta.to(gamma.dtype), None, None

@@ -13,6 +13,7 @@ Registered for serialization under ``keras_convnext`` like the layers in ``layer
 import keras
 from keras import ops
 
+from keras_convnext.dispatch import conv_layer, depthwise_conv_layer
 from keras_convnext.layers import (
     LAYER_NORM_EPSILON,
     PACKAGE,
@@ -152,20 +153,20 @@ class RoadmapBlock(keras.layers.Layer):
 
         spatial = conv("spatial_conv", padding="same", strides=self.strides)
         if self.depthwise:
-            self.spatial_conv = keras.layers.DepthwiseConv2D(
-                self.kernel_size, depthwise_initializer=conv_initializer(), **spatial
+            self.spatial_conv = depthwise_conv_layer(
+                kernel_size=self.kernel_size, depthwise_initializer=conv_initializer(), **spatial
             )
         else:
-            self.spatial_conv = keras.layers.Conv2D(
+            self.spatial_conv = conv_layer(
                 self.in_channels if self.spatial_first else self.hidden,
                 self.kernel_size,
                 kernel_initializer=conv_initializer(),
                 **spatial,
             )
-        self.pwconv1 = keras.layers.Conv2D(
+        self.pwconv1 = conv_layer(
             self.hidden, 1, kernel_initializer=conv_initializer(), **conv("pwconv1")
         )
-        self.pwconv2 = keras.layers.Conv2D(
+        self.pwconv2 = conv_layer(
             self.filters, 1, kernel_initializer=conv_initializer(), **conv("pwconv2")
         )
         for name in self._normed:
@@ -177,7 +178,7 @@ class RoadmapBlock(keras.layers.Layer):
 
         self.projects = self.strides != 1 or self.in_channels != self.filters
         if self.projects:
-            self.shortcut_conv = keras.layers.Conv2D(
+            self.shortcut_conv = conv_layer(
                 self.filters, 1, kernel_initializer=conv_initializer(),
                 **conv("shortcut_conv", strides=self.strides),
             )

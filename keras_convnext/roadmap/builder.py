@@ -17,6 +17,7 @@ from keras_convnext.builder import (
     validate_architecture,
     validate_weights,
 )
+from keras_convnext.dispatch import conv_layer
 from keras_convnext.layers import ConvNeXtBlock, Downsample, Stem, conv_initializer
 from keras_convnext.model import apply_weights
 from keras_convnext.roadmap.blocks import RoadmapBlock, apply_norm, norm_layer
@@ -44,7 +45,7 @@ def _stem(x, config, data_format):
     if config.stem == "patchify" and config.norm == "layer":
         return Stem(config.stem_width, data_format=data_format, name=STEM)(x)
     size, strides = (7, 2) if config.stem == "resnet" else (4, 4)
-    x = keras.layers.Conv2D(
+    x = conv_layer(
         config.stem_width, size, strides=strides, padding="same", data_format=data_format,
         use_bias=config.norm != "batch",  # no bias right before a BatchNorm
         kernel_initializer=conv_initializer(), name=f"{STEM}_conv",
@@ -63,7 +64,7 @@ def _downsample(x, config, channels, stage, data_format):
         return Downsample(channels, data_format=data_format, name=downsample_name(stage))(x)
     norm = norm_layer(config.norm, data_format, f"{downsample_name(stage)}_norm")
     x = apply_norm(norm, x, data_format)
-    return keras.layers.Conv2D(
+    return conv_layer(
         channels, 2, strides=2, data_format=data_format,
         kernel_initializer=conv_initializer(), name=f"{downsample_name(stage)}_conv",
     )(x)

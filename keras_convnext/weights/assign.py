@@ -27,17 +27,30 @@ class Architecture:
     classes: object  # int, or None without a classifier
     kernel_size: object
     layer_scale: bool
+    grn: bool = False
+    stem_patch: int = 4
+
+    @property
+    def family(self):
+        """``architecture.V1``, ``V2`` (GRN blocks) or ``ISOTROPIC`` (one stage)."""
+        if len(self.depths) == 1 and self.depths[0] > 0:
+            return arch.ISOTROPIC
+        return arch.V2 if self.grn else arch.V1
 
     @property
     def variant(self):
-        return arch.find_variant(self.depths, self.dims)
+        return arch.find_variant(self.depths, self.dims, self.family)
 
     @property
     def name(self):
-        return f"convnext_{self.variant}" if self.variant else "convnext"
+        if self.variant:
+            return arch.get_variant(self.variant).model_name
+        return {arch.V1: "convnext", arch.V2: "convnextv2", arch.ISOTROPIC: "convnext_isotropic"}[
+            self.family]
 
     def describe(self):
-        what = f"convnext_{self.variant}" if self.variant else "a custom ConvNeXt"
+        family = arch.FAMILY_NAMES[self.family]
+        what = self.name if self.variant else f"a custom {family}"
         head = f", {_classes(self.classes)}" if self.classes else ", no classifier"
         return f"{what} (depths {self.depths}, dims {self.dims}{head})"
 
@@ -47,34 +60,80 @@ def _classes(n):
 
 
 def architecture(shapes):
-    """Depths, widths, classes of the ConvNeXt whose variables have ``shapes`` (path -> shape)."""
-    blocks = [set() for _ in range(arch.NUM_STAGES)]
+    """Family, depths, widths, classes of the ConvNeXt whose variables have ``shapes``
+    (path -> shape)."""
+    blocks = {}
     for path in shapes:
         parsed = arch.parse(path)
-        if parsed is not None and parsed.part == "block" and parsed.stage < arch.NUM_STAGES:
-            blocks[parsed.stage].add(parsed.block)
+        if parsed is not None and parsed.part == "block":
+            blocks.setdefault(parsed.stage, set()).add(parsed.block)
+    stem = shapes.get(f"{STEM_CONV}/kernel")
+    stage_count = arch.NUM_STAGES
+    if stem is not None and stem[0] != 4 and set(blocks) <= {0}:
+        stage_count = 1  # the isotropic model: a bare large-patch stem and one stage
     dims = []
-    for stage in range(arch.NUM_STAGES):
+    for stage in range(stage_count):
         conv = (f"{STEM_CONV}/kernel" if stage == 0
                 else f"{arch.downsample_name(stage)}/conv/kernel")
         dims.append(int(shapes[conv][-1]) if conv in shapes else None)
     classes = shapes.get(f"{PREDICTIONS}/kernel")
     kernel = shapes.get("stage_0_block_0/dwconv/kernel")
     return Architecture(
-        depths=tuple(len(b) for b in blocks),
+        depths=tuple(len(blocks.get(stage, ())) for stage in range(stage_count)),
         dims=tuple(dims),
         classes=int(classes[-1]) if classes is not None else None,
         kernel_size=int(kernel[0]) if kernel is not None else 7,
         layer_scale=any(p.endswith("/layer_scale/gamma") for p in shapes),
+        grn=any("/grn/" in p for p in shapes),
+        stem_patch=int(stem[0]) if stem is not None else 4,
     )
+
+
+def _family_mismatch(file_arch, model_arch):
+    """The first line's explanation when file and model are of different families, or None."""
+    if file_arch.family == model_arch.family:
+        return None
+    families = {file_arch.family, model_arch.family}
+    kind = "a V1/V2 mismatch" if families == {arch.V1, arch.V2} else "a family mismatch"
+    return (f"{kind}: the file is a {arch.FAMILY_NAMES[file_arch.family]} checkpoint, the model "
+            f"a {arch.FAMILY_NAMES[model_arch.family]}")
+
+
+def adapt_input_conv(kernel, channels, base_channels=3):
+    """A pretrained stem kernel (k, k, ``base_channels``, out) for ``channels`` input channels,
+    exactly as timm's ``adapt_input_conv``: summed over the input channels for one channel;
+    otherwise repeated to ``channels`` and scaled by ``base_channels / channels``."""
+    kernel = np.asarray(kernel, np.float32)
+    if channels == base_channels:
+        return kernel
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeat = -(-channels // base_channels)
+    return np.tile(kernel, (1, 1, repeat, 1))[:, :, :channels] * (base_channels / channels)
+
+
+def _adapt_stem(arrays, model_shapes, origin):
+    """Adapts a 3-channel stem kernel to the model's input channels; returns the note, or None
+    when there is nothing to adapt."""
+    path = f"{STEM_CONV}/kernel"
+    file_shape, model_shape = tuple(np.shape(arrays.get(path, ()))), model_shapes.get(path)
+    if (model_shape is None or len(file_shape) != 4 or file_shape == model_shape
+            or file_shape[2] != 3 or file_shape[:2] + file_shape[3:] != model_shape[:2]
+            + model_shape[3:]):
+        return None
+    arrays[path] = adapt_input_conv(arrays[path], model_shape[2])
+    how = "summed over RGB" if model_shape[2] == 1 else "repeated and rescaled by 3/C"
+    return (f"{origin}: adapted the stem's 3-channel kernel to the model's {model_shape[2]} input "
+            f"channel(s) ({how}, as timm's adapt_input_conv)")
 
 
 def plan(model_shapes, converted, *, skip_mismatched_head=False):
     """``(path -> array to assign, warnings)``; raises CheckpointError if the file does not fit."""
     arrays = dict(converted.arrays)
+    adapted = _adapt_stem(arrays, model_shapes, converted.origin)
+    notes = [adapted] if adapted else []
     shape_of = {path: tuple(np.shape(a)) for path, a in arrays.items()}
     model_head = [p for p in model_shapes if arch.is_head(p)]
-    notes = []
     if not model_head:  # include_top=False: the checkpoint's head is not wanted
         arrays = {p: a for p, a in arrays.items() if not arch.is_head(p)}
     head_misfits = [p for p in model_head if shape_of.get(p) != model_shapes[p]]
@@ -112,11 +171,14 @@ def plan(model_shapes, converted, *, skip_mismatched_head=False):
     )
     if only_head:
         raise CheckpointError(_head_message(converted.origin, shape_of, model_shapes))
+    mismatch = _family_mismatch(file_arch, model_arch)
     lines = [
-        f"{converted.origin} does not fit the model: {len(missing)} missing, "
-        f"{len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
+        f"{converted.origin} does not fit the model"
+        + (f" ({mismatch})" if mismatch else "")
+        + f": {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong "
+        "shape"
     ]
-    if _backbone(file_arch) != _backbone(model_arch):
+    if _backbone(file_arch) != _backbone(model_arch) or mismatch:
         lines.append(
             f"  the file looks like {file_arch.describe()}; the model is {model_arch.describe()}"
         )
@@ -131,7 +193,7 @@ def plan(model_shapes, converted, *, skip_mismatched_head=False):
 
 
 def _backbone(architecture_):
-    return architecture_.depths, architecture_.dims
+    return architecture_.family, architecture_.depths, architecture_.dims
 
 
 def _head_of(shapes):

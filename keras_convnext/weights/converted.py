@@ -37,10 +37,11 @@ STEM_CONV, STEM_NORM = f"{arch.STEM}/conv", f"{arch.STEM}/norm"
 HEAD_NORM, PREDICTIONS = arch.HEAD_NORM, arch.PREDICTIONS
 DOWNSAMPLE = arch.downsample_name("{0}")
 BLOCK = arch.block_name("{0}", "{1}")
+ISO_BLOCK = arch.block_name(0, "{0}")  # the isotropic model's one stage
 
 
 # Kinds of parameters, by what the foreign tensor is.
-CONV, DWCONV, LINEAR, NORM, SCALE = "conv", "dwconv", "linear", "norm", "scale"
+CONV, DWCONV, LINEAR, NORM, SCALE, GRN = "conv", "dwconv", "linear", "norm", "scale", "grn"
 
 # PyTorch parameter suffix -> Keras variable name, per kind.
 _TORCH_NAMES = {
@@ -48,12 +49,17 @@ _TORCH_NAMES = {
     DWCONV: {"weight": "kernel", "bias": "bias"},
     LINEAR: {"weight": "kernel", "bias": "bias"},
     NORM: {"weight": "gamma", "bias": "beta"},
+    GRN: {"weight": "gamma", "bias": "beta", "gamma": "gamma", "beta": "beta"},
 }
 
 
 def torch_to_keras(kind, suffix, array):
     """A PyTorch tensor in our Keras layout, or raise ValueError if its rank is wrong."""
     array = np.asarray(array)
+    if kind == GRN:  # (C,) in timm, (1, 1, 1, C) in the official code and transformers
+        if array.ndim not in (1, 4) or array.size != array.shape[-1]:
+            raise ValueError(f"expected a GRN vector (C,) or (1, 1, 1, C), got {array.shape}")
+        return array.reshape(-1)
     if suffix != "weight" or kind in (NORM, SCALE):
         if array.ndim != 1:
             raise ValueError(f"expected a vector, got shape {array.shape}")

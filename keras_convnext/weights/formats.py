@@ -23,7 +23,8 @@ from keras_convnext.weights.files import (
 TORCH_LAYOUTS = (hf, official, timm)
 KERAS_LAYOUTS = (native, keras_applications)
 SUPPORTED = (
-    "facebookresearch/ConvNeXt .pth, timm .safetensors/.pth/.bin, Hugging Face transformers "
+    "facebookresearch/ConvNeXt .pth (hierarchical and isotropic), facebookresearch/ConvNeXt-V2 "
+    ".pt, timm .safetensors/.pth/.bin (V1 and V2), Hugging Face transformers ConvNext/ConvNextV2 "
     "model.safetensors/pytorch_model.bin, keras.applications .h5/.weights.h5, keras_convnext "
     ".weights.h5"
 )

@@ -25,13 +25,14 @@ VARIABLES = {
     "norm": _GAMMA_BETA,
     "head_norm": _GAMMA_BETA,
     "layer_scale": ("gamma",),
+    "grn": _GAMMA_BETA,
 }
 
 # The sub-layers that hold variables, per part of the network (keras_convnext.architecture).
 _SUBLAYERS = {
     "stem": ("conv", "norm"),
     "downsample": ("conv", "norm"),
-    "block": ("dwconv", "norm", "pwconv1", "pwconv2", "layer_scale"),
+    "block": ("dwconv", "norm", "pwconv1", "pwconv2", "layer_scale", "grn"),
 }
 
 
@@ -84,26 +85,30 @@ def convert(entries):
 
 def write(converted, path):
     """Builds the model ``converted`` describes, loads it strictly, and saves ``path``."""
-    from keras_convnext.builder import convnext_graph
+    from keras_convnext.builder import convnext_graph, isotropic_graph
     from keras_convnext.weights import assign
 
     if not str(path).endswith(".weights.h5"):
         raise ValueError(f"a Keras weights file must end with .weights.h5, got {path}")
-    arch = assign.architecture({k: v.shape for k, v in converted.arrays.items()})
+    arch_ = assign.architecture({k: v.shape for k, v in converted.arrays.items()})
+    options = dict(
+        include_top=arch_.classes is not None,
+        classes=arch_.classes or 1000,
+        include_preprocessing=False,
+        classifier_activation=None,
+        layer_scale_init_value=1e-6 if arch_.layer_scale else None,
+        kernel_size=arch_.kernel_size,
+        name=arch_.name,
+    )
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")  # store full precision whatever the session uses
     try:
-        model = convnext_graph(
-            arch.depths,
-            arch.dims,
-            include_top=arch.classes is not None,
-            classes=arch.classes or 1000,
-            include_preprocessing=False,
-            classifier_activation=None,
-            layer_scale_init_value=1e-6 if arch.layer_scale else None,
-            kernel_size=arch.kernel_size,
-            name=arch.name,
-        )
+        if arch_.family == arch.ISOTROPIC:
+            model = isotropic_graph(arch_.depths[0], arch_.dims[0], patch_size=arch_.stem_patch,
+                                    **options)
+        else:
+            model = convnext_graph(arch_.depths, arch_.dims,
+                                   use_grn=arch_.family == arch.V2, **options)
     finally:
         keras.config.set_dtype_policy(policy)
     assign.assign(model, converted)

@@ -7,9 +7,16 @@ Where each address was found:
 - XL ImageNet-1k (22k pre-trained, fine-tuned on 1k; there is no 1k-only XL): the official
   README and timm's ``convnext_xlarge.fb_in22k_ft_in1k`` cfg;
 - atto, femto, pico, nano (timm's own variants, trained by timm): timm's
-  ``convnext_{atto.d2,femto.d1,pico.d1,nano.d1h}_in1k`` cfgs.
+  ``convnext_{atto.d2,femto.d1,pico.d1,nano.d1h}_in1k`` cfgs;
+- isotropic S/B/L: the ImageNet-1k table of the facebookresearch/ConvNeXt README (and
+  ``convnext_isotropic.py``);
+- ConvNeXt V2: the facebookresearch/ConvNeXt-V2 README, FCMAE pre-trained then fine-tuned
+  checkpoints: ``imagenet`` is ImageNet-1k fine-tuning (``im1k/..._1k_224_ema.pt``, every size),
+  ``imagenet22k`` the ImageNet-22k intermediate fine-tuning, then ImageNet-1k
+  (``im22k/..._22k_224_ema.pt``; a 1000-class head; Huge only at 384 px). The FCMAE-only
+  ``pt_only`` files hold sparse-convolution encoders and are not presets.
 
-Hashes: the official repository publishes no hash for its files (``sha256=None``). timm's
+Hashes: the official repositories publish no hash for their files (``sha256=None``). timm's
 release files carry the first 8 hex digits of their sha256 in their names (the torch.hub
 convention), which is checked after download (``sha256_prefix``).
 
@@ -24,12 +31,14 @@ import os
 
 import keras
 
+from keras_convnext import architecture as families
 from keras_convnext.weights import assign, formats, native
 from keras_convnext.weights.files import CheckpointError
 
 IMAGENET_1K_CLASSES = 1000
 
 _FB = "https://dl.fbaipublicfiles.com/convnext/"
+_FB_V2 = _FB + "convnextv2/"
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/"
 
 
@@ -49,6 +58,13 @@ class Preset:
 
 def _fb(variant, tag, name, classes):
     return Preset(variant, tag, _FB + name, classes)
+
+
+def _v2(size, tag, resolution=224):
+    folder, data = ("im1k", "1k") if tag == "imagenet" else ("im22k", "22k")
+    return Preset(f"v2_{size}", tag,
+                  f"{_FB_V2}{folder}/convnextv2_{size}_{data}_{resolution}_ema.pt",
+                  IMAGENET_1K_CLASSES)
 
 
 def _timm(variant, name, prefix):
@@ -72,6 +88,13 @@ PRESETS = {
         _fb("base", "imagenet22k", "convnext_base_22k_224.pth", assign.IMAGENET_22K_CLASSES),
         _fb("large", "imagenet22k", "convnext_large_22k_224.pth", assign.IMAGENET_22K_CLASSES),
         _fb("xlarge", "imagenet22k", "convnext_xlarge_22k_224.pth", assign.IMAGENET_22K_CLASSES),
+        _fb("isotropic_small", "imagenet", "convnext_iso_small_1k_224_ema.pth", 1000),
+        _fb("isotropic_base", "imagenet", "convnext_iso_base_1k_224_ema.pth", 1000),
+        _fb("isotropic_large", "imagenet", "convnext_iso_large_1k_224_ema.pth", 1000),
+        *(_v2(size, "imagenet")
+          for size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")),
+        *(_v2(size, "imagenet22k") for size in ("nano", "tiny", "base", "large")),
+        _v2("huge", "imagenet22k", resolution=384),
     )
 }
 TAGS = tuple(sorted({tag for _, tag in PRESETS}))
@@ -92,7 +115,7 @@ def find(model, tag):
         available = sorted(v for v, t in PRESETS if t == tag)
         raise ValueError(
             f"weights={tag!r}: no published checkpoint for {arch.describe()}; {tag!r} exists "
-            f"for convnext_{', convnext_'.join(available)}"
+            f"for {', '.join(families.get_variant(v).model_name for v in available)}"
         )
     return preset
 
@@ -114,7 +137,8 @@ def fetch(preset):
         )
     except Exception as e:
         raise OSError(
-            f"could not download the {preset.tag!r} weights of convnext_{preset.variant} from "
+            f"could not download the {preset.tag!r} weights of "
+            f"{families.get_variant(preset.variant).model_name} from "
             f"{preset.url} ({type(e).__name__}: {e}). If this machine is offline, download that "
             f"file elsewhere and put it at {os.path.join(directory, preset.filename)} (it is "
             f"converted on first use), or pass its path as weights=..."
