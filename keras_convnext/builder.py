@@ -146,9 +146,9 @@ def normalization_statistics(include_preprocessing, channels):
     without one. ``True``: ImageNet's RGB statistics for 3 channels (or an unknown count), their
     means for 1 (gray), and for other counts none, with a warning (as keras.applications);
     ``(mean, std)``: those, one value per channel; ``False``: none."""
-    if include_preprocessing is None or include_preprocessing is False:
-        return None
-    if include_preprocessing is True:
+    if not isinstance(include_preprocessing, (tuple, list)):
+        if not include_preprocessing:
+            return None
         if channels in (None, 3):
             return IMAGENET_MEAN, IMAGENET_STD
         if channels == 1:
