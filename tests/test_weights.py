@@ -352,7 +352,9 @@ import weights_references as R
 files = {dict((k, refs.files[k]) for k in refs.files if "safetensors" in k or "keras" in k)!r}
 for file_id, path in sorted(files.items()):
     pixels = "keras-applications" in file_id
-    model = keras_convnext.ConvNeXt(R.DEPTHS, R.DIMS, classes=R.CLASSES,
+    builder = keras_convnext.ConvNeXtV2 if file_id.startswith(("v2-", "timm-v2-")) else (
+        keras_convnext.ConvNeXt)  # V2 files are there once the V2 tests have written them
+    model = builder(R.DEPTHS, R.DIMS, classes=R.CLASSES,
         include_top="notop" not in file_id, include_preprocessing=pixels,
         classifier_activation=None)
     keras_convnext.load_weights(model, path)
