@@ -114,23 +114,28 @@ PRESETS = {
         "output": "runs/digits",
     },
     # Fashion-MNIST (54,000 28x28 gray garments after the held-out 10 %) in <= 30 min on 2 cores:
-    # see training/TRAINING.md for the runs behind each value.
+    # ConvNeXt-atto at 32 px (the 28 px images upsampled; wider variants cost 1.3-3x per image,
+    # 64 px 3x), 8 epochs. Short runs on 12,000 images measured that the ImageNet recipe's
+    # augmentation slows learning at this budget (3 epochs: 78-79 % held-out with a 0.6-1 crop,
+    # random erasing 0.25 and label smoothing vs 85 % without), so only a mild crop and flips
+    # (garments are left-right symmetric) stay; LayerScale's init made no difference (85.3 vs
+    # 85.5 %), lr 1e-3 and 3e-3 alike. See training/TRAINING.md for the full run.
     "fashion_mnist": {
         "model": "atto",
         "image_size": 32,
         "crop_pct": 1.0,
-        "crop_scale": (0.6, 1.0),
-        "crop_ratio": (0.8, 1.25),
+        "crop_scale": (0.8, 1.0),
+        "crop_ratio": (0.9, 1.1),
         "hflip": True,
         "rand_augment_ops": 0,
-        "random_erasing": 0.25,
+        "random_erasing": 0.0,
         "mixup": 0.0,
         "cutmix": 0.0,
         "label_smoothing": 0.1,
-        "drop_path": 0.05,
+        "drop_path": 0.0,
         "epochs": 8,
         "batch_size": 128,
-        "lr": 3e-3,
+        "lr": 2e-3,
         "warmup_epochs": 1,
         "output": "runs/fashion_mnist",
     },
