@@ -316,7 +316,7 @@ def _small_backbone():
 
 
 def _fixture():
-    data = shapes(16, SIZE, seed=1)
+    data = shapes(8, SIZE, seed=1)
     return data, _np(hub.ConvNeXtImageConverter()(data["images"]))
 
 
@@ -331,8 +331,8 @@ def test_deeplab_v3_segmenter_trains():
         num_classes=3)
     segmenter.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=[],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    losses = segmenter.fit(x, data["masks"], epochs=5, batch_size=8, verbose=0).history["loss"]
-    assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+    losses = segmenter.fit(x, data["masks"], epochs=4, batch_size=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.6 * losses[0], losses
 
 
 def test_retinanet_detector_trains():
@@ -342,11 +342,11 @@ def test_retinanet_detector_trains():
         backbone=keras_hub.models.RetinaNetBackbone(
             image_encoder=_small_backbone(), min_level=3, max_level=5, use_p5=False,
             image_shape=(SIZE, SIZE, 3)),
-        num_classes=2, bounding_box_format="yxyx")
+        num_classes=2, bounding_box_format="yxyx", pre_logits_num_conv_layers=1)
     detector.compile(optimizer=keras.optimizers.Adam(1e-3))
     y = {"boxes": data["boxes"], "labels": data["labels"]}
-    losses = detector.fit(x, y, epochs=5, batch_size=8, verbose=0).history["loss"]
-    assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+    losses = detector.fit(x, y, epochs=4, batch_size=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.6 * losses[0], losses
 
 
 def test_shapes_fixture_is_consistent():
