@@ -17,10 +17,11 @@ history) and ``roadmap_experiment.png`` (validation accuracy and GFLOPs per step
 table. The paper's ImageNet figures are in ``python -m keras_convnext.roadmap``.
 """
 
-import os
+from keras_convnext import cli as _cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_cli.quiet_start(tensorflow=True)  # TensorFlow's start-up logs filtered (-v: shown)
 
+import os  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--width-divisor", type=int, default=1,
                         help="divide every step's widths by this (default: 1, the paper's)")
     args = vars(parser.parse_args(argv))
+    args.pop("show_logs")  # read by keras_convnext.cli before TensorFlow starts
     steps = args.pop("steps")
     divisor = args.pop("width_divisor")
     config_file = args.pop("config")

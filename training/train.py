@@ -9,10 +9,15 @@ Rerunning the same command resumes from the last checkpoint under ``--output``. 
 training/TRAINING.md for every flag, the recipe's defaults and what is written where.
 """
 
-import os
+from keras_convnext import cli as _cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if _cli.help_only():  # answer --help before Keras and TensorFlow load
+    from training.config import build_parser as _parser
 
+    _parser().parse_args()
+_cli.quiet_start(tensorflow=True)  # TensorFlow's start-up logs filtered (-v: shown)
+
+import os  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
