@@ -76,8 +76,10 @@ def is_tensorflow_log_line(line):
 
 
 @contextlib.contextmanager
-def filtered_stderr():
-    """Captures file descriptor 2 (C++ writes too) and replays what is not a TF log line."""
+def filtered_stderr(keep=None):
+    """Captures file descriptor 2 (C++ writes too) and replays the lines ``keep(line)`` is
+    true for (default: those that are not TensorFlow log lines)."""
+    keep = keep or (lambda line: not is_tensorflow_log_line(line))
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
@@ -90,7 +92,7 @@ def filtered_stderr():
             os.close(saved)
             capture.seek(0)
             kept = [line for line in capture.read().decode("utf-8", "replace")
-                    .splitlines(keepends=True) if not is_tensorflow_log_line(line)]
+                    .splitlines(keepends=True) if keep(line)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -34,6 +34,7 @@ import keras  # noqa: E402
 from keras_convnext import count_flops, get_variant, roadmap  # noqa: E402
 from training import cli, data, strategy  # noqa: E402
 from training.config import ConfigError, build_parser, load_file, make_config  # noqa: E402
+from training.config import _coerce  # noqa: E402 - a key's value as Config types it
 from training.session import TrainingSession, drop_path_rate  # noqa: E402
 
 RESULT_COLUMNS = ("step", "params", "gflops", "val_accuracy", "best_val_accuracy", "seconds")
@@ -69,7 +70,7 @@ def parse_args(argv=None):
     config = make_config(file_values, flags)
     if depths is not None:
         # validated as a custom ConvNeXt's would be, with the first step's widths
-        config = dataclasses.replace(config, depths=tuple(int(d) for d in depths))
+        config = dataclasses.replace(config, depths=_coerce("depths", depths))
         if len(config.depths) != 4 or min(config.depths) < 1:
             raise ConfigError(f"bad config value: depths={list(config.depths)} (need 4 >= 1)")
     names = roadmap.STEPS if steps.strip() == "all" else tuple(

@@ -30,6 +30,7 @@ import keras  # noqa: E402
 
 import keras_convnext  # noqa: E402
 from keras_convnext.architecture import get_variant  # noqa: E402
+from keras_convnext.predict import CLASSES_FILE  # noqa: E402
 from training import cli, data, export, strategy  # noqa: E402
 from training.callbacks import CSV_COLUMNS, RunLog, write_metrics_csv  # noqa: E402,F401
 from training.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
@@ -151,6 +152,8 @@ def run(config: Config, log=_say) -> RunResult:
     prepare = None if pretrained is None else (lambda m: load_pretrained(m, pretrained, log))
     model = session.compile(build, prepare=prepare)
     state, initial_epoch = folder.resume(model, log)
+    if runtime.is_chief and source.class_names is not None:
+        write_class_names(config.output, source.class_names)
 
     name, depths, dims, drop = model_spec(config)
     log(f"ConvNeXt-{name} depths={list(depths)} dims={list(dims)} "
@@ -174,6 +177,11 @@ def run(config: Config, log=_say) -> RunResult:
     files = folder.finish(model, build)
     return RunResult(model, state["rows"], state.get("best"), config.output, files,
                      time.time() - start, initial_epoch)
+
+
+def write_class_names(output, names):
+    """``classes.json``: the class names in label order, which ``keras_convnext.predict`` prints."""
+    atomic_write_text(os.path.join(output, CLASSES_FILE), json.dumps(list(names), indent=1))
 
 
 class RunFolder:
@@ -223,6 +231,8 @@ class RunFolder:
         """Exports the final model (with ``export``) and returns the files of the run."""
         paths = self.paths
         files = [paths["metrics"], paths["logs"], self.manager.directory]
+        if os.path.exists(os.path.join(self.out_dir, CLASSES_FILE)):
+            files.append(os.path.join(self.out_dir, CLASSES_FILE))
         if os.path.exists(paths["best"]):
             files.append(paths["best"])
         if self.config.export:
