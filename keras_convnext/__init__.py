@@ -62,3 +62,4 @@ else:
     from keras_convnext.imagenet import preprocess_input
     from keras_convnext.flops import count_flops, flops_per_stage, params_per_stage
     from keras_convnext import roadmap
+    from keras_convnext import distribution

@@ -77,7 +77,7 @@ class Config:
     output: str = "runs/convnext"  # the run folder (rerun the same command to resume)
     mixed_precision: typing.Optional[str] = None  # bf16 | fp16
     strategy: str = "auto"  # auto | default | mirrored | multiworker | tpu (training/strategy.py)
-    model_parallel: bool = False  # JAX: shard the pointwise kernels over devices (ModelParallel)
+    model_parallel: typing.Optional[int] = None  # JAX: shard pointwise layers over N devices
     cpu_devices: typing.Optional[int] = None  # split the CPU into N logical devices (TF)
     seed: int = 0  # weights, data order and augmentation
     export: bool = True  # write model.keras and saved_model/ at the end
@@ -294,6 +294,8 @@ def validate(c):
            f"mixed_precision={c.mixed_precision!r} (choose bf16 or fp16)")
     _check(c.strategy in STRATEGIES,
            f"strategy={c.strategy!r} (choose one of {', '.join(STRATEGIES)})")
+    _check(c.model_parallel is None or c.model_parallel >= 1,
+           f"model_parallel={c.model_parallel} (must be >= 1)")
     _check(c.cpu_devices is None or c.cpu_devices >= 1,
            f"cpu_devices={c.cpu_devices} (must be >= 1)")
     _check(c.verbose is None or c.verbose in (0, 1, 2), f"verbose={c.verbose} (0, 1 or 2)")

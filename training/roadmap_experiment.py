@@ -182,7 +182,7 @@ def format_results(rows):
 def run(experiment, log=print):
     """Trains every step of ``experiment`` in order; returns the result rows."""
     config = experiment.config
-    runtime = strategy.select(config.strategy, config.cpu_devices)
+    runtime = strategy.select(config.strategy, config.cpu_devices, config.model_parallel)
     source = data.load(config)
     log(f"Data: {source.description}; steps: {', '.join(experiment.steps)}")
     rows, histories = [], {}

@@ -139,7 +139,7 @@ def _say(message):
 def run(config: Config, log=_say) -> RunResult:
     """Trains (or resumes) the run described by ``config``; returns what it produced."""
     start = time.time()
-    runtime = strategy.select(config.strategy, config.cpu_devices)
+    runtime = strategy.select(config.strategy, config.cpu_devices, config.model_parallel)
     if config.mixed_precision:
         keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     keras.utils.set_random_seed(config.seed)
