@@ -26,17 +26,21 @@ tiny = dict(dataset="digits", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), image_s
             rand_augment_ops=0, mixup=0.0, drop_path=0.0, warmup_epochs=0, epochs=1, ema=False,
             steps_per_epoch=2, lr=2e-3)
 source = data.load(make_config({}, tiny))
+# two fixed batches of 8 (the center-cropped held-out images: no augmentation randomness)
+x, y = (np.concatenate(parts) for parts in zip(*data.eval_pipeline(
+    source, make_config({}, tiny), 8).take(2).as_numpy_iterator()))
 
 def train(**values):
     # what training.train.run does, without validation and files: the runtime of the
     # config, one TrainingSession (global batch, lr scaling, optimizer), two steps of fit
+    # at the same global batch
     config = make_config({}, {**tiny, **values})
     runtime = strategy.select(config.strategy, None, config.model_parallel)
     keras.utils.set_random_seed(config.seed)
     session = TrainingSession(config, runtime, source)
-    train_ds, _ = session.datasets()
     model = session.compile(model_builder(config, source.num_classes))
-    model.fit(train_ds, epochs=1, steps_per_epoch=2, verbose=0)
+    model.fit(x, y, batch_size=session.schedule.global_batch, epochs=1, verbose=0,
+              shuffle=False)
     print(session.describe())
     kernel = next(v for v in model.weights if v.path.endswith("pwconv1/kernel"))
     shards = sorted({tuple(s.data.shape) for s in kernel.value.addressable_shards})
@@ -65,13 +69,10 @@ def test_data_and_model_parallel_train_to_the_weights_of_one_device(tmp_path):
         name, path = key.split("|", 1)
         runs.setdefault(name, {})[path] = saved[key]
     assert len(runs["one"]) > 20 and set(runs["one"]) == set(runs["data"]) == set(runs["model"])
-    initial_moved = False
-    for path, expected in runs["one"].items():
+    for path, expected in runs["one"].items():  # measured: within 5e-7
         for name in ("data", "model"):
-            np.testing.assert_allclose(runs[name][path], expected, rtol=1e-4, atol=2e-5,
+            np.testing.assert_allclose(runs[name][path], expected, rtol=1e-4, atol=1e-5,
                                        err_msg=f"{name}-parallel {path}")
-        initial_moved |= path.endswith("pwconv1/kernel")
-    assert initial_moved
 
 
 def test_the_layout_map_shards_every_pointwise_layer_and_checks_widths():
