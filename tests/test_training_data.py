@@ -46,7 +46,7 @@ def test_digits_come_from_the_package_file_not_sklearn(monkeypatch):
         assert abs(np.sum(labels[val] == c) - 0.2 * np.sum(labels == c)) <= 0.5
     source = data.load(_config())
     assert (source.num_classes, source.num_train, source.num_val) == (10, 1438, 359)
-    assert source.class_names == [str(d) for d in range(10)]
+    assert list(source.class_names) == [str(d) for d in range(10)]
     image, label = next(iter(source.train))
     assert image.shape == (8, 8, 3) and image.dtype == tf.uint8
 

@@ -12,6 +12,10 @@ Sources (``Config.dataset``, and ``Config.val_dataset`` for a separate held-out 
                        (keys ``tfrecord_image_key`` / ``tfrecord_label_key``).
 ``tfds:NAME[:SPLIT]``  a TFDS dataset already prepared in ``data_dir`` (nothing is downloaded);
                        held out: the ``validation`` or ``test`` split, else ``val_split``.
+``fashion_mnist[:DIR]`` Fashion-MNIST's four IDX files (default DIR: where Debian's
+                       ``dataset-fashion-mnist`` installs them, ``FASHION_MNIST_DIR``): 60,000 28x28
+                       gray training images, of which a fixed, stratified ``val_split`` is held
+                       out, and the official 10,000 test images as the ``test`` set.
 
 Each source yields ``(uint8 RGB image of any size, int32 label)``. The training pipeline applies
 random-resized-crop and flip (per image), RandAugment, random erasing and Mixup/CutMix
@@ -27,10 +31,20 @@ import typing
 import numpy as np
 import tensorflow as tf
 
+from training import idx
+
 DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.npz")
 DIGITS_VAL_FRACTION = 0.2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SHUFFLE_BUFFER = 10_000
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_FILES = {  # (images, labels) stems of each official split
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 class DataError(ValueError):
@@ -49,6 +63,8 @@ class Source:
     description: str
     files: typing.Sequence[str] = ()  # image files, to name a corrupt one if decoding fails
     gray: bool = False  # the images are gray (replicated to RGB)
+    test: typing.Optional[tf.data.Dataset] = None  # an official test split, evaluated at the end
+    num_test: typing.Optional[int] = None
     class_names: typing.Optional[typing.Sequence[str]] = None
 
 
@@ -61,16 +77,21 @@ def load_digits_arrays():
         return data["images"], data["labels"]
 
 
-def digits_split(labels, val_fraction=DIGITS_VAL_FRACTION):
+def stratified_split(labels, val_fraction):
     """Stratified, fixed (seed 0) train / held-out index arrays."""
     rng = np.random.default_rng(0)
     train, val = [], []
     for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
-        n_val = int(round(len(idx) * val_fraction))
-        val.extend(idx[:n_val])
-        train.extend(idx[n_val:])
-    return np.sort(np.array(train)), np.sort(np.array(val))
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(members) * val_fraction))
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))
+
+
+def digits_split(labels, val_fraction=DIGITS_VAL_FRACTION):
+    """The digits' fixed held-out split."""
+    return stratified_split(labels, val_fraction)
 
 
 def _digits_source():
@@ -85,7 +106,53 @@ def _digits_source():
 
     return Source(make(train_idx), make(val_idx), 10, len(train_idx), len(val_idx),
                   f"digits ({len(train_idx)} train / {len(val_idx)} held out, 8x8 upsampled)",
-                  gray=True, class_names=[str(d) for d in range(10)])
+                  gray=True, class_names=tuple(str(d) for d in range(10)))
+
+
+def load_fashion_mnist(directory=FASHION_MNIST_DIR, split="train"):
+    """(images uint8 (N, 28, 28), labels uint8 (N,)) of an official split, checked."""
+    stems = FASHION_MNIST_FILES[split]
+    paths = [idx.find_idx(directory, stem) for stem in stems]
+    if not os.path.isdir(directory) or None in paths:
+        missing = [stem for stem, path in zip(stems, paths) if path is None]
+        raise DataError(
+            f"Fashion-MNIST not found in {directory} (missing {', '.join(missing)}[.gz]): "
+            f"install Debian's {FASHION_MNIST_PACKAGE} (apt-get install {FASHION_MNIST_PACKAGE}) "
+            "or pass fashion_mnist:DIR")
+    try:
+        images, labels = (idx.read_idx(path) for path in paths)
+    except idx.IdxError as e:
+        raise DataError(str(e)) from None
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{paths[0]}: expected uint8 images (N, H, W), found {images.dtype.name} "
+                        f"of shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{paths[1]}: {labels.shape} labels for {len(images)} images in "
+                        f"{paths[0]}")
+    if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"{paths[1]}: label {int(labels.max())} out of range (10 classes)")
+    return images, labels
+
+
+def _fashion_mnist_source(directory, val_split):
+    directory = directory or FASHION_MNIST_DIR
+    images, labels = load_fashion_mnist(directory, "train")
+    test_images, test_labels = load_fashion_mnist(directory, "test")
+    train_idx, val_idx = stratified_split(labels, val_split)
+    if len(val_idx) == 0:
+        raise DataError("fashion_mnist needs val_split > 0 for its held-out set")
+
+    def make(x, y):
+        rgb = np.repeat(x[..., None], 3, axis=-1)  # gray replicated; 1-channel runs take one back
+        return tf.data.Dataset.from_tensor_slices((rgb, y.astype(np.int32)))
+
+    return Source(
+        make(images[train_idx], labels[train_idx]), make(images[val_idx], labels[val_idx]),
+        len(FASHION_MNIST_CLASSES), len(train_idx), len(val_idx),
+        f"Fashion-MNIST {directory} ({len(train_idx)} train / {len(val_idx)} held out / "
+        f"{len(test_labels)} official test, 28x28 gray)",
+        gray=True, test=make(test_images, test_labels), num_test=len(test_labels),
+        class_names=FASHION_MNIST_CLASSES)
 
 
 def _list_class_folder(path):
@@ -282,6 +349,8 @@ def _open(spec, config):
     kind, _, rest = spec.partition(":")
     if kind == "digits":
         return _digits_source()
+    if kind == "fashion_mnist":
+        return _fashion_mnist_source(rest, config.val_split)
     if kind == "folder":
         return _folder_source(rest, config.val_split, config.check_images,
                               config.skip_bad_images)
@@ -323,9 +392,11 @@ def with_channels(source, channels):
         image = image[..., :1] if source.gray else tf.image.rgb_to_grayscale(image)
         return image, label
 
+    def convert(ds):
+        return None if ds is None else ds.map(one_channel)
+
     return dataclasses.replace(
-        source, train=source.train.map(one_channel),
-        val=None if source.val is None else source.val.map(one_channel),
+        source, train=convert(source.train), val=convert(source.val), test=convert(source.test),
         description=f"{source.description}, 1 channel")
 
 

@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import keras_convnext  # noqa: E402
 from keras_convnext.architecture import get_variant  # noqa: E402
 from keras_convnext.predict import CLASSES_FILE  # noqa: E402
-from training import cli, data, export, strategy  # noqa: E402
+from training import cli, data, evaluate, export, strategy  # noqa: E402
 from training.callbacks import CSV_COLUMNS, RunLog, write_metrics_csv  # noqa: E402,F401
 from training.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
 from training.config import MIXED_PRECISION, Config, ConfigError, parse_args  # noqa: E402
@@ -47,6 +47,7 @@ class RunResult:
     files: typing.List[str]
     seconds: float
     resumed_from: int = 0
+    test: typing.Optional[dict] = None  # test_metrics.json, for sources with a test split
 
 
 # ------------------------------------------------------------------------------------- model
@@ -174,9 +175,9 @@ def run(config: Config, log=_say) -> RunResult:
     failure = session.nan_error(state["rows"][-1]["epoch"] if state["rows"] else 0)
     if failure is not None:
         raise failure
-    files = folder.finish(model, build)
+    files, test = folder.finish(model, build, source)
     return RunResult(model, state["rows"], state.get("best"), config.output, files,
-                     time.time() - start, initial_epoch)
+                     time.time() - start, initial_epoch, test)
 
 
 def write_class_names(output, names):
@@ -227,22 +228,29 @@ class RunFolder:
                               json.dumps(self.config_dict, indent=1))
         return state, initial_epoch
 
-    def finish(self, model, build):
-        """Exports the final model (with ``export``) and returns the files of the run."""
+    def finish(self, model, build, source):
+        """Exports the final model (with ``export``), evaluates the source's test split (if it
+        has one) and returns (the files of the run, the test record or None)."""
         paths = self.paths
         files = [paths["metrics"], paths["logs"], self.manager.directory]
         if os.path.exists(os.path.join(self.out_dir, CLASSES_FILE)):
             files.append(os.path.join(self.out_dir, CLASSES_FILE))
         if os.path.exists(paths["best"]):
             files.append(paths["best"])
+        final, test = None, None
         if self.config.export:
             final = export.inference_model(model, build)
             export.save_keras(final, paths["final"])
             export.export_saved_model(final, paths["final"], paths["saved_model"])
             files += [paths["final"], paths["saved_model"]]
+        if source.test is not None and self.is_chief:
+            test = evaluate.evaluate_test_set(
+                final or export.inference_model(model, build), source, self.config,
+                self.out_dir, paths["saved_model"] if self.config.export else None)
+            files.append(os.path.join(self.out_dir, evaluate.TEST_METRICS))
         if not self.is_chief:
             shutil.rmtree(self.out_dir, ignore_errors=True)
-        return files
+        return files, test
 
 
 def _duration(seconds):
@@ -258,6 +266,8 @@ def summary(result):
             f"Best val accuracy {result.best['val_accuracy']:.4f} (epoch {result.best['epoch']}, "
             f"EMA weights when EMA is on); last epoch {last.get('val_accuracy', float('nan')):.4f}."
         )
+    if result.test is not None:
+        lines.append(evaluate.describe(result.test))
     lines.append(f"Files in {result.output}: " + ", ".join(
         os.path.relpath(p, result.output) + ("/" if os.path.isdir(p) else "")
         for p in result.files))
