@@ -13,16 +13,17 @@ keras_convnext model, which loads with no torch installed::
 The conversion is strict: every tensor of SRC is used, every variable of DST is set.
 """
 
-import argparse
 import sys
 
-from keras_convnext.variants import get_variant
-from keras_convnext.weights import CheckpointError, architecture, read_checkpoint
-from keras_convnext.weights import formats, native
+from keras_convnext import cli
 
 
 def convert(src, dst, *, variant=None, ema=False, verbose=False, out=None):
     """Converts ``src`` to the keras_convnext weights file ``dst``; prints what matched."""
+    from keras_convnext.variants import get_variant
+    from keras_convnext.weights import CheckpointError, architecture, formats, native
+    from keras_convnext.weights import read_checkpoint
+
     out = out or sys.stdout
     converted = read_checkpoint(src, ema=ema)
     arch = architecture({path: array.shape for path, array in converted.arrays.items()})
@@ -47,7 +48,8 @@ def convert(src, dst, *, variant=None, ema=False, verbose=False, out=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    """The CLI; returns the exit status (0 done, 2 bad input, with one line on stderr)."""
+    parser = cli.ArgumentParser(
         prog="python -m keras_convnext.convert",
         description="Convert a ConvNeXt checkpoint (official, timm, Hugging Face, "
         "keras.applications, keras_convnext) to a keras_convnext .weights.h5 file.",
@@ -57,16 +59,14 @@ def main(argv=None):
     parser.add_argument("--variant",
                         help="fail unless SRC is this variant (tiny, v2_atto, isotropic_small, ...)")
     parser.add_argument("--ema", action="store_true", help="take a training checkpoint's EMA")
-    parser.add_argument("--verbose", "-v", action="store_true", help="list every tensor")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="list every tensor; show the backends' log lines and tracebacks")
     args = parser.parse_args(argv)
     if not args.dst.endswith(".weights.h5"):
         parser.error(f"DST must end with .weights.h5, got {args.dst}")
-    try:
-        convert(args.src, args.dst, variant=args.variant, ema=args.ema, verbose=args.verbose)
-    except (CheckpointError, ImportError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.exit_status(
+        lambda: convert(args.src, args.dst, variant=args.variant, ema=args.ema,
+                        verbose=args.verbose))
 
 
 if __name__ == "__main__":

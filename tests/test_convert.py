@@ -67,7 +67,7 @@ def test_cli_reads_other_formats(refs, tmp_path, capsys, file_id):
 def test_cli_refuses_the_wrong_variant(refs, tmp_path, capsys):
     _, src = _source(refs)
     dst = tmp_path / "tiny.weights.h5"
-    assert convert.main([src, str(dst), "--variant", "tiny"]) == 1
+    assert convert.main([src, str(dst), "--variant", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "is not convnext_tiny (depths (3, 3, 9, 3)" in err
     assert "it looks like a custom ConvNeXt (depths (1, 1, 2, 1), dims (16, 24, 32, 40)" in err
@@ -83,7 +83,7 @@ def test_cli_wants_a_keras_weights_file_name(refs, tmp_path):
 def test_cli_reports_a_bad_source(tmp_path, capsys):
     src = tmp_path / "garbage.pth"
     src.write_bytes(b"garbage" * 10)
-    assert convert.main([str(src), str(tmp_path / "out.weights.h5")]) == 1
+    assert convert.main([str(src), str(tmp_path / "out.weights.h5")]) == 2
     assert "unknown or corrupt checkpoint file" in capsys.readouterr().err
 
 

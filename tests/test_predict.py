@@ -65,3 +65,52 @@ def test_predict_reports_bad_input_in_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((40, 40, 3), "uint8")).save(tmp_path / "ok.png")
     assert predict.main([str(tmp_path / "ok.png"), "--model", "gigantic"]) == 2
     assert "unknown ConvNeXt variant 'gigantic'" in capsys.readouterr().err
+
+
+def _run_folder(tmp_path, names=("cat", "dog", "bird"), channels=3):
+    """A run folder as training.train leaves it: model.keras, classes.json, config.json."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = keras_convnext.ConvNeXt((1, 1, 1, 1), (8, 16, 32, 64), classes=len(names),
+                                    input_shape=(32, 32, channels))
+    model.save(run / "model.keras")
+    (run / "classes.json").write_text(json.dumps(list(names)))
+    (run / "config.json").write_text(json.dumps({"image_size": 32, "crop_pct": 1.0,
+                                                 "channels": channels, "epochs": 1}))
+    return run, model
+
+
+def test_predict_a_run_folder_prints_its_class_names(tmp_path, capsys):
+    run, model = _run_folder(tmp_path)
+    path = str(tmp_path / "img.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), "uint8")).save(path)
+    expected = model.predict(load_image(path, 32, crop_ratio=1.0)[None], verbose=0)[0]
+    best = ["cat", "dog", "bird"][int(np.argmax(expected))]
+    for argv in (["--model", str(run)], ["--model", str(run / "model.keras")],
+                 ["--weights", str(run)]):
+        assert predict.main([path, *argv, "--top-k", "2"]) == 0
+        out = capsys.readouterr().out
+        ranked = [line.split() for line in out.splitlines() if line.strip()[:2] in ("1.", "2.")]
+        assert len(ranked) == 2 and ranked[0][1] == best, out
+        assert f"{100 * expected.max():.2f}%" in out
+        assert "img/s" in out
+
+
+def test_predict_a_one_channel_run_and_a_model_without_names(tmp_path, capsys):
+    run, _ = _run_folder(tmp_path, names=[str(d) for d in range(10)], channels=1)
+    path = str(tmp_path / "img.png")
+    Image.fromarray(np.zeros((32, 32, 3), "uint8")).save(path)
+    assert predict.main([path, "--model", str(run), "--top-k", "10"]) == 0
+    ranked = [line.split()[1] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("  ") and line.split()[0].rstrip(".").isdigit()]
+    assert sorted(ranked) == [str(d) for d in range(10)]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    keras_convnext.ConvNeXt((1, 1, 1, 1), (8, 16, 32, 64), classes=4).save(other / "m.keras")
+    assert predict.main([path, "--model", str(other / "m.keras"), "--image-size", "32"]) == 0
+    assert "class 0" in capsys.readouterr().out  # no saved names: "class N"
+    (run / "classes.json").write_text('["just one"]')
+    assert predict.main([path, "--model", str(run)]) == 2
+    assert "saved 1 class names for a model of 10 classes" in capsys.readouterr().err

@@ -246,7 +246,9 @@ def test_the_command_prints_the_table_and_writes_the_plot(tmp_path, capsys, monk
     argv = ["roadmap", "--steps", "resnet50,depthwise_conv", "--image-size", "32",
             "--plot", str(png)]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_module("keras_convnext.roadmap", run_name="__main__")
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("keras_convnext.roadmap", run_name="__main__")
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "GFLOPs" in lines[0] and "top-1" in lines[0]

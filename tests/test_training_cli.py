@@ -59,7 +59,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert "dataset folder not found" in _error_line(
         capsys, ["--dataset", f"folder:{tmp_path / 'missing'}", *out])
 
-    # A corrupt image is found when training reads it, and named.
+    # A corrupt image is found before anything is written, and named.
     rng = np.random.default_rng(0)
     for name in ("cats", "dogs"):
         folder = tmp_path / "images" / name
@@ -72,7 +72,9 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     line = _error_line(capsys, [*TINY_FLAGS, "--dataset", f"folder:{tmp_path / 'images'}",
                                 "--val-split", "0.34", "--epochs", "1", "--steps-per-epoch",
                                 "2", *out])
-    assert "corrupt or unreadable image file" in line and str(bad) in line
+    assert line.startswith(f"error: 1 of 6 images in {tmp_path / 'images'} cannot be decoded: "
+                           f"{bad} (remove them or pass --skip-bad-images)"), line
+    assert not (tmp_path / "run").exists()
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):

@@ -46,6 +46,7 @@ def test_digits_come_from_the_package_file_not_sklearn(monkeypatch):
         assert abs(np.sum(labels[val] == c) - 0.2 * np.sum(labels == c)) <= 0.5
     source = data.load(_config())
     assert (source.num_classes, source.num_train, source.num_val) == (10, 1438, 359)
+    assert list(source.class_names) == [str(d) for d in range(10)]
     image, label = next(iter(source.train))
     assert image.shape == (8, 8, 3) and image.dtype == tf.uint8
 
@@ -140,6 +141,31 @@ def test_folder_source_split_and_errors(tmp_path):
     assert data.find_unreadable(sorted(map(str, (tmp_path / "flat").rglob("*.*"))))[0] == str(bad)
 
 
+@run_once_across_backends("tf.data only")
+def test_folder_images_are_checked_up_front_or_skipped(tmp_path):
+    _write_folder(tmp_path / "flat", per_class=4)
+    source = data.load(_config(dataset=f"folder:{tmp_path / 'flat'}", val_split=0.25))
+    assert source.class_names == ["class_0", "class_1", "class_2"]
+    bad = [tmp_path / "flat" / f"class_{c}" / f"bad{i}.{ext}"
+           for c, i, ext in ((0, 0, "jpg"), (1, 1, "png"), (2, 2, "jpg"), (2, 3, "png"))]
+    for path in bad:
+        path.write_bytes(b"\xff\xd8\xff\xe0 truncated" if path.suffix == ".jpg" else b"\x89PNG")
+    spec = f"folder:{tmp_path / 'flat'}"
+    with pytest.raises(data.DataError) as info:
+        data.load(_config(dataset=spec, val_split=0.25))
+    message = str(info.value)
+    assert message.startswith(f"4 of 16 images in {tmp_path / 'flat'} cannot be decoded: ")
+    assert str(sorted(bad)[0]) in message and message.endswith(", ... (remove them or pass "
+                                                               "--skip-bad-images)")
+    assert "\n" not in message
+    source = data.load(_config(dataset=spec, val_split=0.25, skip_bad_images=True))
+    assert source.num_train + source.num_val == 12
+    assert "4 undecodable images skipped" in source.description
+    assert sum(1 for _ in source.train) == source.num_train  # nothing left to fail in training
+    unchecked = data.load(_config(dataset=spec, val_split=0.25, check_images=False))
+    assert unchecked.num_train + unchecked.num_val == 16  # found in training, as before
+
+
 @run_once_across_backends()
 def test_tfrecord_source(tmp_path):
     rng = np.random.default_rng(0)
@@ -183,6 +209,7 @@ def test_tfds_source_from_a_prepared_data_dir(tmp_path):
     assert (source.num_classes, source.num_train, source.num_val) == (3, 9, 6)
     image, _ = next(iter(source.train))
     assert image.shape == (12, 12, 3) and image.dtype == tf.uint8  # grayscale -> RGB
+    assert source.class_names == ["0", "1", "2"]  # the ClassLabel's names
     with pytest.raises(data.DataError, match="tfds"):
         data.load(_config(dataset="tfds:not_a_dataset_here", data_dir=str(tmp_path)))
 

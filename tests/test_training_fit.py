@@ -55,6 +55,7 @@ def test_fit_resume_and_every_output(tmp_path):
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 2
     assert os.listdir(out / "logs") and (out / "best_model.keras").is_file()
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert json.loads((out / "classes.json").read_text()) == [str(d) for d in range(10)]
 
     # The exported model holds the EMA weights and is a plain (uncompiled) inference model.
     model = keras.saving.load_model(out / "model.keras")

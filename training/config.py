@@ -34,50 +34,53 @@ class Config:
     data_dir: typing.Optional[str] = None  # tfds data_dir (datasets must be prepared there)
     val_split: float = 0.1  # held-out fraction when the source has no validation split
     num_classes: typing.Optional[int] = None  # tfrecord: skips the label scan when given
-    tfrecord_image_key: str = "image/encoded"
-    tfrecord_label_key: str = "image/class/label"
+    tfrecord_image_key: str = "image/encoded"  # tfrecord feature holding the encoded image
+    tfrecord_label_key: str = "image/class/label"  # tfrecord feature holding the int label
+    check_images: bool = True  # folder: decode every image before training (names bad ones)
+    skip_bad_images: bool = False  # folder: drop undecodable images (with a count) instead
     label_offset: int = 0  # subtracted from tfrecord labels (1-based ImageNet records: 1)
     # --- image transforms and augmentation (the official recipe's values)
-    image_size: int = 224
+    image_size: int = 224  # training and evaluation input size in pixels
     channels: int = 3  # 3: RGB (gray replicated); 1: one channel (gray data, or RGB's luma)
     crop_pct: float = 0.875  # eval: resize the short side to image_size / crop_pct, center crop
     crop_scale: typing.Tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
-    crop_ratio: typing.Tuple[float, float] = (0.75, 4.0 / 3.0)  # and aspect-ratio range
-    hflip: bool = True
-    rand_augment_ops: int = 2  # 0 disables RandAugment
+    crop_ratio: typing.Tuple[float, float] = (0.75, 4.0 / 3.0)  # random-resized-crop aspect ratios
+    hflip: bool = True  # random horizontal flips
+    rand_augment_ops: int = 2  # RandAugment operations per image; 0 disables it
     rand_augment_factor: float = 0.5  # keras.layers.RandAugment's strength, in [0, 1]
-    random_erasing: float = 0.25  # probability per image
+    random_erasing: float = 0.25  # random-erasing probability per image
     mixup: float = 0.8  # Mixup alpha; 0 disables
     cutmix: float = 1.0  # CutMix alpha; 0 disables
     mixup_prob: float = 1.0  # probability that a batch is mixed at all
     mixup_switch_prob: float = 0.5  # probability of CutMix rather than Mixup when both are on
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # of the one-hot (or mixed) targets
     # --- model
-    model: str = "tiny"
+    model: str = "tiny"  # a variant of any family (see below)
     depths: typing.Optional[typing.Tuple[int, ...]] = None  # custom ConvNeXt (with dims)
-    dims: typing.Optional[typing.Tuple[int, ...]] = None
+    dims: typing.Optional[typing.Tuple[int, ...]] = None  # custom ConvNeXt: 4 widths
     drop_path: typing.Optional[float] = None  # stochastic depth; None: the variant's paper value
     layer_scale_init: typing.Optional[float] = None  # None: the variant's (1e-6; V2: none)
     weights: typing.Optional[str] = None  # fine-tune from a .keras / .weights.h5 / run folder
     # --- optimization
-    epochs: int = 300
+    epochs: int = 300  # total epochs of the run (a rerun resumes)
     batch_size: int = 128  # per replica; the global batch is batch_size * replicas
     lr: typing.Optional[float] = None  # peak lr at batch_size; None: 4e-3 * batch_size / 4096
-    min_lr: float = 1e-6
+    min_lr: float = 1e-6  # the cosine schedule's final lr
     warmup_epochs: typing.Optional[float] = None  # None: 20 per 300 epochs; capped at epochs
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW's decoupled weight decay
     layer_decay: float = 1.0  # layer-wise lr decay (fine-tuning; 1.0 = off)
-    clip_grad_norm: typing.Optional[float] = None
-    ema: bool = True
+    clip_grad_norm: typing.Optional[float] = None  # clip the global gradient norm to this
+    ema: bool = True  # keep an EMA of the weights (evaluated and exported)
     ema_decay: typing.Optional[float] = None  # None: 0.9999 scaled to the run's length
     steps_per_epoch: typing.Optional[int] = None  # None: one pass over the training set
-    validation_steps: typing.Optional[int] = None
+    validation_steps: typing.Optional[int] = None  # None: the whole held-out set
     # --- run
-    output: str = "runs/convnext"
+    output: str = "runs/convnext"  # the run folder (rerun the same command to resume)
     mixed_precision: typing.Optional[str] = None  # bf16 | fp16
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto | default | mirrored | multiworker | tpu (training/strategy.py)
+    model_parallel: typing.Optional[int] = None  # JAX: shard pointwise layers over N devices
     cpu_devices: typing.Optional[int] = None  # split the CPU into N logical devices (TF)
-    seed: int = 0
+    seed: int = 0  # weights, data order and augmentation
     export: bool = True  # write model.keras and saved_model/ at the end
     jit_compile: typing.Optional[bool] = None  # None: Keras' "auto" (XLA off on CPU-only TF)
     verbose: typing.Optional[int] = None  # keras fit verbosity; None: bar on a TTY, else 2
@@ -318,6 +321,8 @@ def validate(c):
            f"mixed_precision={c.mixed_precision!r} (choose bf16 or fp16)")
     _check(c.strategy in STRATEGIES,
            f"strategy={c.strategy!r} (choose one of {', '.join(STRATEGIES)})")
+    _check(c.model_parallel is None or c.model_parallel >= 1,
+           f"model_parallel={c.model_parallel} (must be >= 1)")
     _check(c.cpu_devices is None or c.cpu_devices >= 1,
            f"cpu_devices={c.cpu_devices} (must be >= 1)")
     _check(c.verbose is None or c.verbose in (0, 1, 2), f"verbose={c.verbose} (0, 1 or 2)")
@@ -341,19 +346,52 @@ def _flag_type(name):
     return {"type": str}
 
 
+def field_help():
+    """{key: description}: the comment beside each field of ``Config`` (one table: the
+    dataclass is the documentation of every flag)."""
+    import inspect
+    import re
+
+    lines = inspect.getsource(Config).splitlines()
+    found = (re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line) for line in lines)
+    return {m.group(1): m.group(2).strip() for m in found if m and m.group(1) in FIELDS}
+
+
+def _default_text(name, preset_name):
+    """The default of ``name`` as the help shows it: the default dataset's preset value when it
+    sets one (with the recipe's value beside it), else the recipe's."""
+    recipe = FIELDS[name].default
+    preset = PRESETS.get(preset_name, {})
+    if name in preset and preset[name] != recipe:
+        return f"default: {preset[name]!r} ({preset_name} preset; the recipe: {recipe!r})"
+    return f"default: {recipe!r}"
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    """The flags of every Config key (plus ``--config`` and ``-v``), each with its description
+    and the default it gets with the default dataset's preset."""
+    from keras_convnext import cli
+
+    parser = cli.ArgumentParser(
         prog="python -m training.train",
-        description="Train or fine-tune a ConvNeXt with the paper's recipe (keras_convnext).",
+        description="Train or fine-tune a ConvNeXt with the paper's recipe (keras_convnext). "
+                    f"Defaults shown are those of --dataset {Config.dataset} (its preset); other "
+                    "datasets start from the paper's ImageNet recipe (shown beside).",
+        usage="%(prog)s [--config FILE] [-v] [--KEY VALUE ...]",
+        formatter_class=argparse.HelpFormatter,
     )
     parser.add_argument("--config", help="a YAML or JSON file with Config keys; flags override it")
+    parser.add_argument("-v", dest="show_logs", action="store_true",
+                        help="show TensorFlow's and the backends' log lines and tracebacks")
+    descriptions = field_help()
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         kind, _ = _base_type(field.type)
-        default = field.default
-        help_text = f"(default: {default!r})"
+        help_text = f"{descriptions.get(name, name.replace('_', ' '))} " \
+                    f"({_default_text(name, Config.dataset)})"
         if name == "model":
-            help_text = f"one of {', '.join(ALL_VARIANTS)} {help_text}"
+            help_text = f"{help_text}; one of {', '.join(ALL_VARIANTS)}"
+        help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
@@ -365,6 +403,7 @@ def build_parser():
 def parse_args(argv=None):
     """Parses command-line arguments into a validated Config."""
     args = vars(build_parser().parse_args(argv))
+    args.pop("show_logs")  # read by keras_convnext.cli before TensorFlow starts
     config_file = args.pop("config")
     flags = {k: v for k, v in args.items() if v is not None}
     file_values = load_file(config_file) if config_file else {}

@@ -179,7 +179,7 @@ def _flatten(members):
     return files, labels
 
 
-def _folder_source(path, val_split):
+def _folder_source(path, val_split, check=True, skip_bad=False):
     if not os.path.isdir(path):
         raise DataError(f"dataset folder not found: {path}")
     held_dir = next((os.path.join(path, v) for v in ("val", "validation")
@@ -200,6 +200,19 @@ def _folder_source(path, val_split):
             train_members.append(group[n_val:])
     (train_files, train_labels), (val_files, val_labels) = (
         _flatten(train_members), _flatten(val_members))
+    dropped = ""
+    if check or skip_bad:
+        bad = set(find_all_unreadable(train_files + val_files))
+        if bad and not skip_bad:
+            names = sorted(bad)
+            raise DataError(
+                f"{len(bad)} of {len(train_files) + len(val_files)} images in {path} cannot be "
+                f"decoded: {', '.join(names[:3])}{', ...' if len(bad) > 3 else ''} (remove them "
+                "or pass --skip-bad-images)")
+        if bad:
+            train_files, train_labels = _without(bad, train_files, train_labels)
+            val_files, val_labels = _without(bad, val_files, val_labels)
+            dropped = f", {len(bad)} undecodable images skipped"
     if not train_files:
         raise DataError(
             f"no images found in {path}: expected class subfolders holding "
@@ -218,7 +231,8 @@ def _folder_source(path, val_split):
     return Source(make(train_files, train_labels), make(val_files, val_labels), len(classes),
                   len(train_files), len(val_files),
                   f"folder {path} ({len(classes)} classes, {len(train_files)} train / "
-                  f"{len(val_files)} held out)", files=train_files + val_files)
+                  f"{len(val_files)} held out{dropped})", files=train_files + val_files,
+                  class_names=classes)
 
 
 def _tfrecord_files(pattern):
@@ -303,6 +317,7 @@ def _tfds_source(spec, config):
     if "image" not in info.features or "label" not in info.features:
         raise DataError(f"tfds dataset {name} needs 'image' and 'label' features")
     num_classes = info.features["label"].num_classes
+    names = getattr(info.features["label"], "names", None)
     splits = dict(info.splits)
     if split.split("[")[0] not in splits:
         raise DataError(f"tfds dataset {name} has no split {split!r} (has {', '.join(splits)})")
@@ -327,7 +342,7 @@ def _tfds_source(spec, config):
     (train, n_train), (val, n_val) = make(train_split), make(val_split)
     return Source(train, val, num_classes, n_train, n_val,
                   f"tfds {name} ({train_split} / {val_split or config.val_dataset}, "
-                  f"{num_classes} classes)")
+                  f"{num_classes} classes)", class_names=list(names) if names else None)
 
 
 def _open(spec, config):
@@ -337,7 +352,8 @@ def _open(spec, config):
     if kind == "fashion_mnist":
         return _fashion_mnist_source(rest, config.val_split)
     if kind == "folder":
-        return _folder_source(rest, config.val_split)
+        return _folder_source(rest, config.val_split, config.check_images,
+                              config.skip_bad_images)
     if kind == "tfrecord":
         return _tfrecord_source(rest, config)
     if kind == "tfds":
@@ -420,6 +436,26 @@ def find_unreadable(files):
         except (tf.errors.OpError, ValueError) as e:
             return path, first_line(getattr(e, "message", str(e)))
     return None
+
+
+def find_all_unreadable(files):
+    """The files TensorFlow cannot decode (as training would), checked in parallel with the
+    decoder's own warnings kept off the terminal."""
+    from keras_convnext.cli import filtered_stderr
+
+    def shape(path):
+        return path, tf.shape(decode_image(tf.io.read_file(path)))
+
+    ds = tf.data.Dataset.from_tensor_slices(list(files) or [""]).take(len(files))
+    ds = ds.map(shape, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=False)
+    with filtered_stderr(keep=lambda line: False):
+        readable = {p.decode() for p, _ in ds.as_numpy_iterator()}
+    return [f for f in files if f not in readable]
+
+
+def _without(bad, files, labels):
+    kept = [(f, y) for f, y in zip(files, labels) if f not in bad]
+    return [f for f, _ in kept], [y for _, y in kept]
 
 
 def _resize(image, size, method="bicubic"):

@@ -17,10 +17,11 @@ history) and ``roadmap_experiment.png`` (validation accuracy and GFLOPs per step
 table. The paper's ImageNet figures are in ``python -m keras_convnext.roadmap``.
 """
 
-import os
+from keras_convnext import cli as _cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_cli.quiet_start(tensorflow=True)  # TensorFlow's start-up logs filtered (-v: shown)
 
+import os  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -33,6 +34,7 @@ import keras  # noqa: E402
 from keras_convnext import count_flops, get_variant, roadmap  # noqa: E402
 from training import cli, data, strategy  # noqa: E402
 from training.config import ConfigError, build_parser, load_file, make_config  # noqa: E402
+from training.config import _coerce  # noqa: E402 - a key's value as Config types it
 from training.session import TrainingSession, drop_path_rate  # noqa: E402
 
 RESULT_COLUMNS = ("step", "params", "gflops", "val_accuracy", "best_val_accuracy", "seconds")
@@ -55,6 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--width-divisor", type=int, default=1,
                         help="divide every step's widths by this (default: 1, the paper's)")
     args = vars(parser.parse_args(argv))
+    args.pop("show_logs")  # read by keras_convnext.cli before TensorFlow starts
     steps = args.pop("steps")
     divisor = args.pop("width_divisor")
     config_file = args.pop("config")
@@ -67,7 +70,7 @@ def parse_args(argv=None):
     config = make_config(file_values, flags)
     if depths is not None:
         # validated as a custom ConvNeXt's would be, with the first step's widths
-        config = dataclasses.replace(config, depths=tuple(int(d) for d in depths))
+        config = dataclasses.replace(config, depths=_coerce("depths", depths))
         if len(config.depths) != 4 or min(config.depths) < 1:
             raise ConfigError(f"bad config value: depths={list(config.depths)} (need 4 >= 1)")
     names = roadmap.STEPS if steps.strip() == "all" else tuple(
@@ -179,7 +182,7 @@ def format_results(rows):
 def run(experiment, log=print):
     """Trains every step of ``experiment`` in order; returns the result rows."""
     config = experiment.config
-    runtime = strategy.select(config.strategy, config.cpu_devices)
+    runtime = strategy.select(config.strategy, config.cpu_devices, config.model_parallel)
     source = data.load(config)
     log(f"Data: {source.description}; steps: {', '.join(experiment.steps)}")
     rows, histories = [], {}

@@ -16,6 +16,11 @@ parallelism (JAX), or one device (PyTorch).
 ``tpu``        TF TPUStrategy; JAX DataParallel over the TPU devices.
 =============  ==================================================================================
 
+``--model-parallel N`` (JAX): ``keras.distribution.ModelParallel`` on a (devices / N, N) mesh,
+the batch split over the first axis and every block's pointwise layers over the N devices of the
+second (``keras_convnext.distribution``): for models whose weights and optimizer state do not fit
+one device.
+
 The global batch is ``batch_size * replicas`` and the learning rate scales with it (train.py).
 """
 
@@ -112,13 +117,25 @@ def _tf_runtime(name, cpu_devices):
     return Runtime("default", 1, True, 0, None)
 
 
-def _jax_runtime(name):
+def _jax_runtime(name, model_parallel=None):
     import jax
 
     if name == "multiworker":
         keras.distribution.initialize()
     devices = jax.devices()
+    if model_parallel:
+        from keras_convnext.distribution import model_parallel as sharded
+
+        try:
+            distribution = sharded(model_parallel, devices)
+        except ValueError as e:
+            raise ConfigError(f"bad config value: {e}") from None
+        keras.distribution.set_distribution(distribution)
+        replicas = len(devices) // model_parallel
+        return Runtime(f"jax-model-parallel ({replicas} x {model_parallel} devices)", replicas,
+                       jax.process_index() == 0, jax.process_index())
     if name == "default" or (name == "auto" and len(devices) == 1):
+        keras.distribution.set_distribution(None)  # a previous run's, in this process
         return Runtime("default")
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     return Runtime(f"jax-data-parallel ({len(devices)} devices)", len(devices),
@@ -170,14 +187,19 @@ def adapt_model(runtime, model):
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
-def select(name="auto", cpu_devices=None):
+def select(name="auto", cpu_devices=None, model_parallel=None):
     """The ``Runtime`` for ``--strategy name`` on the current Keras backend (call it first:
-    TensorFlow's multi-worker and logical-device setup must precede any other TF work)."""
+    TensorFlow's multi-worker and logical-device setup must precede any other TF work).
+    ``model_parallel=N`` (JAX): ``keras_convnext.distribution.model_parallel`` over N devices
+    per model replica."""
     backend = keras.backend.backend()
+    if model_parallel and backend != "jax":
+        raise ConfigError(f"model_parallel needs the jax backend (keras.distribution), "
+                          f"not {backend}")
     if backend == "tensorflow":
         return _tf_runtime(name, cpu_devices)
     if backend == "jax":
-        return _jax_runtime(name)
+        return _jax_runtime(name, model_parallel)
     if name not in ("auto", "default"):
         raise ConfigError(
             f"strategy={name} needs the tensorflow or jax backend; {backend} runs on one device"

@@ -9,10 +9,15 @@ Rerunning the same command resumes from the last checkpoint under ``--output``. 
 training/TRAINING.md for every flag, the recipe's defaults and what is written where.
 """
 
-import os
+from keras_convnext import cli as _cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if _cli.help_only():  # answer --help before Keras and TensorFlow load
+    from training.config import build_parser as _parser
 
+    _parser().parse_args()
+_cli.quiet_start(tensorflow=True)  # TensorFlow's start-up logs filtered (-v: shown)
+
+import os  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
@@ -25,6 +30,7 @@ import keras  # noqa: E402
 
 import keras_convnext  # noqa: E402
 from keras_convnext.architecture import get_variant  # noqa: E402
+from keras_convnext.predict import CLASSES_FILE  # noqa: E402
 from training import cli, data, evaluate, export, strategy  # noqa: E402
 from training.callbacks import CSV_COLUMNS, RunLog, write_metrics_csv  # noqa: E402,F401
 from training.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
@@ -134,7 +140,7 @@ def _say(message):
 def run(config: Config, log=_say) -> RunResult:
     """Trains (or resumes) the run described by ``config``; returns what it produced."""
     start = time.time()
-    runtime = strategy.select(config.strategy, config.cpu_devices)
+    runtime = strategy.select(config.strategy, config.cpu_devices, config.model_parallel)
     if config.mixed_precision:
         keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     keras.utils.set_random_seed(config.seed)
@@ -147,6 +153,8 @@ def run(config: Config, log=_say) -> RunResult:
     prepare = None if pretrained is None else (lambda m: load_pretrained(m, pretrained, log))
     model = session.compile(build, prepare=prepare)
     state, initial_epoch = folder.resume(model, log)
+    if runtime.is_chief and source.class_names is not None:
+        write_class_names(config.output, source.class_names)
 
     name, depths, dims, drop = model_spec(config)
     log(f"ConvNeXt-{name} depths={list(depths)} dims={list(dims)} "
@@ -170,6 +178,11 @@ def run(config: Config, log=_say) -> RunResult:
     files, test = folder.finish(model, build, source)
     return RunResult(model, state["rows"], state.get("best"), config.output, files,
                      time.time() - start, initial_epoch, test)
+
+
+def write_class_names(output, names):
+    """``classes.json``: the class names in label order, which ``keras_convnext.predict`` prints."""
+    atomic_write_text(os.path.join(output, CLASSES_FILE), json.dumps(list(names), indent=1))
 
 
 class RunFolder:
@@ -220,6 +233,8 @@ class RunFolder:
         has one) and returns (the files of the run, the test record or None)."""
         paths = self.paths
         files = [paths["metrics"], paths["logs"], self.manager.directory]
+        if os.path.exists(os.path.join(self.out_dir, CLASSES_FILE)):
+            files.append(os.path.join(self.out_dir, CLASSES_FILE))
         if os.path.exists(paths["best"]):
             files.append(paths["best"])
         final, test = None, None

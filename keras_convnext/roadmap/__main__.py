@@ -4,4 +4,4 @@ import sys
 
 from keras_convnext.roadmap.report import main
 
-main(sys.argv[1:])
+sys.exit(main(sys.argv[1:]))

@@ -4,10 +4,9 @@ Builds every step at the given size, counts its FLOPs with ``keras_convnext.coun
 them beside the paper's figures.
 """
 
-import argparse
-
 import keras
 
+from keras_convnext import cli
 from keras_convnext.flops import count_flops
 from keras_convnext.roadmap import STEPS, build, get_step
 
@@ -80,21 +79,31 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    """The CLI; returns the exit status (0 done, 2 bad input, with one line on stderr)."""
+    parser = cli.ArgumentParser(
         prog="python -m keras_convnext.roadmap",
         description="The ConvNeXt paper's roadmap: parameters and FLOPs of every step.",
     )
-    parser.add_argument("--steps", default=",".join(STEPS),
-                        help="comma-separated steps (default: all, in order)")
+    parser.add_argument("--steps", default="all",
+                        help=f"comma-separated steps, or all ({', '.join(STEPS)})")
     parser.add_argument("--image-size", type=int, default=224, help="input size in pixels")
     parser.add_argument("--plot", metavar="PATH", help="write the trajectory to this PNG")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the backends' log lines and tracebacks")
     args = parser.parse_args(argv)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    for name in steps:
-        get_step(name)
-    rows = table(steps, image_size=args.image_size)
-    print(format_table(rows))
-    if args.plot:
-        plot(rows, args.plot)
-        print(f"wrote {args.plot}")
-    return rows
+    steps = list(STEPS) if args.steps.strip() == "all" else [
+        s.strip() for s in args.steps.split(",") if s.strip()]
+    if not steps:
+        parser.error("--steps names no step")
+
+    def work():
+        for name in steps:
+            get_step(name)
+        rows = table(steps, image_size=args.image_size)
+        lines = [format_table(rows)]
+        if args.plot:
+            plot(rows, args.plot)
+            lines.append(f"wrote {args.plot}")
+        return "\n".join(lines)
+
+    return cli.exit_status(work, lambda text: text)

@@ -29,6 +29,10 @@ class RoadmapConfig:
     head_norm: bool = False  # LayerNorm after global average pooling
 
     def __post_init__(self):
+        for key in ("depths", "widths"):
+            value = getattr(self, key)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise ValueError(f"{key} must be a list of integers, got {value!r}")
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         choices = {
