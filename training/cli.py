@@ -1,9 +1,10 @@
 """How every training program ends: one line on stderr and an exit status, never a traceback,
-for the errors a user can fix (a bad flag or config value, bad data: 2; training that cannot go
-on: 1; Ctrl-C: 130)."""
+for the errors a user can fix (a bad flag or config value, bad data, an unreadable checkpoint, a
+busy output folder: 2; training that cannot go on: 1; Ctrl-C: 130)."""
 
 import sys
 
+from keras_convnext.weights.files import CheckpointError
 from training.config import ConfigError
 from training.data import DataError
 from training.session import TrainingError
@@ -14,7 +15,7 @@ def exit_status(work, report):
     the failure after printing its one-line message."""
     try:
         result = work()
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
