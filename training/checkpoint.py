@@ -137,7 +137,8 @@ class CheckpointManager:
         checkpoints are pruned only once the new one is on disk and named by latest.json."""
         os.makedirs(self.directory, exist_ok=True)
         name = f"ckpt-{epoch:04d}.weights.h5"
-        digest = atomic_save(lambda tmp: model.save_weights(tmp), os.path.join(self.directory, name))
+        digest = atomic_save(lambda tmp: model.save_weights(tmp),
+                             os.path.join(self.directory, name))
         kept = [r for r in self._records() if r["epoch"] < epoch][: self.keep - 1]
         record = {"epoch": int(epoch), "file": name, "sha256": digest, "state": state,
                   "seeds": seed_states(model), "earlier": kept}
