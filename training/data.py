@@ -450,7 +450,8 @@ def train_pipeline(source, config, global_batch, image_augment=None, batch_augme
         labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
         if batch_augment is not None:
             images, labels = batch_augment(images, labels, stateless_seed(config.seed + 1, index))
-        return tf.cast(images, tf.float32), labels
+        # Mixup's w * x + (1 - w) * y can pass 255 by a rounding error
+        return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0), labels
 
     ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.with_options(_options(True)).prefetch(tf.data.AUTOTUNE)
