@@ -102,10 +102,13 @@ def test_a_busy_output_is_refused_naming_the_pid_and_left_untouched(tmp_path, ca
     partial = out / "checkpoints" / ".ckpt-0002.tmp-4242.weights.h5"  # the first run saving
     partial.write_bytes(b"being written")
     (out / "config.json").write_text('{"first": "run"}')
+    # Another program holding the lock as training.lock takes it (flock + its pid), without
+    # the seconds of importing Keras.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom training import lock\n"
-         "lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(out)],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); time.sleep(120)",
+         str(out / lock.LOCK_NAME)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = sorted(p.name for p in out.rglob("*"))
