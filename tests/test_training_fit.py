@@ -43,9 +43,10 @@ def test_fit_resume_and_every_output(tmp_path):
     assert not (out / "model.keras").exists()
 
     messages = []
-    config = tiny_config(out, epochs=2)
+    config = tiny_config(out, epochs=2, restart_schedule=True)  # a longer run: a new schedule
     result = run(config, log=messages.append)
     assert result.resumed_from == 1 and any(m.startswith("Resuming from") for m in messages)
+    assert any(m.startswith("Restarting the schedule") for m in messages)
     optimizer = recipe.base_optimizer(result.model.optimizer)
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 4  # 2 epochs x 2 steps
 

@@ -13,7 +13,15 @@ Mapping from the official (timm) settings:
   mixed with probability ``mixup_prob``, by CutMix with probability ``mixup_switch_prob`` when
   both are enabled (timm's "batch" mode chooses per batch too; the mixing weight is per image).
   ``keras.layers.CutMix(factor=(a, a))`` draws its weight from Beta(a, a).
+
+Given a ``seed`` (a (2,) tensor: the image's or batch's position in the stream, from
+``training.data.train_pipeline``), every draw is stateless: the layers' seed generators are
+swapped for ones deriving seeds from it while they are traced, so a resumed run sees the same
+augmentations as an unbroken one, whatever order parallel calls run in. Without a seed (eager
+use) the layers draw from their own generators.
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -33,10 +41,49 @@ def image_augment(config):
         dtype="float32",
     )
 
-    def apply(image):
-        return tf.clip_by_value(layer(image, training=True), 0.0, 255.0)
+    def apply(image, seed=None):
+        with stateless_draws(layer, seed):
+            out = layer(image, training=True)
+        return tf.clip_by_value(out, 0.0, 255.0)
 
     return apply
+
+
+class _StatelessSeeds(keras.random.SeedGenerator):
+    """Stands in for a layer's seed generator: the k-th draw gets ``fold_in(seed, k)`` (no
+    state; the counter runs while the function is traced)."""
+
+    def __init__(self, seed):  # noqa: super().__init__ would create a state variable
+        self._seed = seed
+        self._count = 0
+
+    def next(self, ordered=True):
+        self._count += 1
+        return tf.random.experimental.stateless_fold_in(self._seed, self._count)
+
+
+@contextlib.contextmanager
+def stateless_draws(layer, seed):
+    """Makes ``layer`` and its sub-layers (RandAugment's) draw from ``seed`` in the block."""
+    if seed is None:
+        yield
+        return
+    generator = _StatelessSeeds(seed)
+    saved = []
+    for sub in layer._flatten_layers():
+        if hasattr(sub, "generator"):
+            saved.append((sub, sub.generator, getattr(sub, "_backend_generators", None)))
+            object.__setattr__(sub, "generator", generator)
+            object.__setattr__(sub, "_backend_generators", {"tensorflow": generator})
+    try:
+        yield
+    finally:
+        for sub, own, backends in saved:
+            object.__setattr__(sub, "generator", own)
+            if backends is None:
+                object.__delattr__(sub, "_backend_generators")
+            else:
+                object.__setattr__(sub, "_backend_generators", backends)
 
 
 def batch_augment(config):
@@ -59,28 +106,38 @@ def batch_augment(config):
         return None
     mix_prob, switch_prob = config.mixup_prob, config.mixup_switch_prob
 
-    def mix(layer, images, labels):
-        out = layer({"images": images, "labels": labels}, training=True)
+    def mix(layer, images, labels, seed):
+        with stateless_draws(layer, seed):
+            out = layer({"images": images, "labels": labels}, training=True)
         return tf.cast(out["images"], tf.float32), tf.cast(out["labels"], tf.float32)
 
-    def apply(images, labels):
+    def uniform(seed, salt):
+        if seed is None:
+            return tf.random.uniform([])
+        return tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, salt))
+
+    def fold(seed, salt):
+        return None if seed is None else tf.random.experimental.stateless_fold_in(seed, salt)
+
+    def apply(images, labels, seed=None):
         images = tf.cast(images, tf.float32)
         if erasing is not None:
-            images = tf.cast(erasing(images, training=True), tf.float32)
+            with stateless_draws(erasing, fold(seed, 1)):
+                images = tf.cast(erasing(images, training=True), tf.float32)
         if mixup is None and cutmix is None:
             return images, labels
         if mixup is not None and cutmix is not None:
             def mixed():
-                return tf.cond(tf.random.uniform([]) < switch_prob,
-                               lambda: mix(cutmix, images, labels),
-                               lambda: mix(mixup, images, labels))
+                return tf.cond(uniform(seed, 2) < switch_prob,
+                               lambda: mix(cutmix, images, labels, fold(seed, 3)),
+                               lambda: mix(mixup, images, labels, fold(seed, 4)))
         else:
             layer = mixup if mixup is not None else cutmix
 
             def mixed():
-                return mix(layer, images, labels)
+                return mix(layer, images, labels, fold(seed, 5))
         if mix_prob >= 1.0:
             return mixed()
-        return tf.cond(tf.random.uniform([]) < mix_prob, mixed, lambda: (images, labels))
+        return tf.cond(uniform(seed, 6) < mix_prob, mixed, lambda: (images, labels))
 
     return apply

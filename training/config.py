@@ -81,6 +81,7 @@ class Config:
     model_parallel: typing.Optional[int] = None  # JAX: shard pointwise layers over N devices
     cpu_devices: typing.Optional[int] = None  # split the CPU into N logical devices (TF)
     seed: int = 0  # weights, data order and augmentation
+    restart_schedule: bool = False  # resume although the lr/EMA schedule changed (e.g. epochs)
     export: bool = True  # write model.keras and saved_model/ at the end
     jit_compile: typing.Optional[bool] = None  # None: Keras' "auto" (XLA off on CPU-only TF)
     verbose: typing.Optional[int] = None  # keras fit verbosity; None: bar on a TTY, else 2

@@ -463,12 +463,14 @@ def _resize(image, size, method="bicubic"):
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
-def train_transform(image, config):
+def train_transform(image, config, seed):
     """Random-resized-crop (area ``crop_scale``, aspect ``crop_ratio``) to ``image_size``, then a
-    random horizontal flip (``hflip``). uint8 in, float32 0-255 out."""
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    random horizontal flip (``hflip``), drawn from the stateless ``seed``. uint8 in, float32
+    0-255 out."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=tuple(config.crop_ratio),
         area_range=tuple(config.crop_scale),
@@ -479,7 +481,8 @@ def train_transform(image, config):
     crop.set_shape([None, None, image.shape[-1]])
     out = _resize(crop, (config.image_size, config.image_size))
     if config.hflip:
-        out = tf.image.random_flip_left_right(out)
+        out = tf.image.stateless_random_flip_left_right(
+            out, tf.random.experimental.stateless_fold_in(seed, 1))
     return out
 
 
@@ -507,30 +510,64 @@ def _options(deterministic):
     return options
 
 
-def train_pipeline(source, config, global_batch, image_augment=None, batch_augment=None):
-    """Shuffled, repeated, augmented batches ``(float32 images, one-hot labels)``."""
-    ds = source.train
-    buffer = SHUFFLE_BUFFER if source.num_train is None else min(SHUFFLE_BUFFER, source.num_train)
-    ds = ds.shuffle(max(buffer, 1), seed=config.seed, reshuffle_each_iteration=True).repeat()
+def train_pipeline(source, config, global_batch, image_augment=None, batch_augment=None,
+                   start_step=0):
+    """Shuffled, repeated, augmented batches ``(float32 images, one-hot labels)``, from batch
+    ``start_step`` on.
+
+    Reproducible and resumable: pass ``p`` over the training set is shuffled with the seed
+    ``(seed, p)``, and every random draw of the transforms is stateless, keyed by the image's
+    (or batch's) position in the stream, so batch ``n`` is the same whether the stream started
+    at 0 or at ``start_step`` (a resumed run), and parallel mapping cannot reorder anything.
+    Resuming skips at most one pass's remainder of raw examples. (A source of unknown size
+    resumes at a fresh pass ``start_step`` instead: not the unbroken run's batches.)"""
+    n = source.num_train
+    buffer = SHUFFLE_BUFFER if n is None else min(SHUFFLE_BUFFER, n)
+    consumed = start_step * global_batch
+    first_pass, offset = (start_step, 0) if n is None else divmod(consumed, max(n, 1))
+
+    def one_pass(p):
+        # A tensor seed per pass. tf.data derives (graph seed, op seed) from it and compares the
+        # pair with (0, 0) in Python, which a tensor cannot answer under a global seed of 0;
+        # without a graph seed the pair is (default, op seed): deterministic all the same.
+        graph = tf.compat.v1.get_default_graph()
+        global_seed, graph.seed = graph.seed, None
+        try:
+            return source.train.shuffle(max(buffer, 1), seed=config.seed * 1_000_003 + p,
+                                        reshuffle_each_iteration=False)
+        finally:
+            graph.seed = global_seed
+
+    ds = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass).skip(offset)
+    ds = ds.enumerate(start=consumed)
     num_classes = source.num_classes
 
-    def per_image(image, label):
-        image = train_transform(image, config)
+    def per_image(index, example):
+        image, label = example
+        seed = stateless_seed(config.seed, index)
+        image = train_transform(image, config, seed)
         if image_augment is not None:
-            image = image_augment(image)
+            image = image_augment(image, tf.random.experimental.stateless_fold_in(seed, 7))
         return image, label
 
     ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(global_batch, drop_remainder=True)
+    ds = ds.batch(global_batch, drop_remainder=True).enumerate(start=start_step)
 
-    def per_batch(images, labels):
+    def per_batch(index, batch):
+        images, labels = batch
         labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
         if batch_augment is not None:
-            images, labels = batch_augment(images, labels)
-        return tf.cast(images, tf.float32), labels
+            images, labels = batch_augment(images, labels, stateless_seed(config.seed + 1, index))
+        # Mixup's w * x + (1 - w) * y can pass 255 by a rounding error
+        return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0), labels
 
     ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.with_options(_options(False)).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(True)).prefetch(tf.data.AUTOTUNE)
+
+
+def stateless_seed(seed, index):
+    """The (2,) int64 seed of the stateless random ops for stream position ``index``."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
 
 
 def eval_pipeline(source, config, global_batch):

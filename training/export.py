@@ -23,6 +23,7 @@ import sys
 
 import keras
 
+from keras_convnext.weights.files import write_sidecar
 from training.checkpoint import atomic_save
 from training.recipe import ema_variables
 
@@ -50,8 +51,9 @@ def inference_model(model, build_fn):
 
 
 def save_keras(model, path):
-    """``model.save(path)``, atomically."""
-    atomic_save(lambda tmp: model.save(tmp), path)
+    """``model.save(path)``, atomically, with its sha256 in ``path.sha256`` (verified by
+    ``keras_convnext.weights.files.load_keras_model``)."""
+    write_sidecar(path, atomic_save(lambda tmp: model.save(tmp), path))
 
 
 def _write_saved_model(model, export_dir):
@@ -112,7 +114,12 @@ def main(argv=None):
         sys.exit("error: python -m training.export needs KERAS_BACKEND=tensorflow")
     import keras_convnext  # noqa: F401 - registers the layers for load_model
 
-    model = keras.saving.load_model(args.keras_file, compile=False)
+    from keras_convnext.weights.files import CheckpointError, load_keras_model
+
+    try:
+        model = load_keras_model(args.keras_file, compile=False)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
     _write_saved_model(model, args.export_dir)
 
 

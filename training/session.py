@@ -77,11 +77,13 @@ class TrainingSession:
         self.schedule = Schedule.plan(config, source.num_train, runtime.num_replicas)
         self.nan_guard = NanGuard()
 
-    def datasets(self):
-        """(training, validation) ``tf.data`` pipelines at the global batch."""
+    def datasets(self, start_epoch=0):
+        """(training, validation) ``tf.data`` pipelines at the global batch; the training one
+        starts where ``start_epoch`` epochs left it (the same batches as an unbroken run)."""
         config, batch = self.config, self.schedule.global_batch
         train = data.train_pipeline(self.source, config, batch, augment.image_augment(config),
-                                    augment.batch_augment(config))
+                                    augment.batch_augment(config),
+                                    start_step=start_epoch * self.schedule.steps_per_epoch)
         return train, data.eval_pipeline(self.source, config, batch)
 
     def compile(self, build, prepare=None, metrics=("accuracy",)):

@@ -32,8 +32,11 @@ import keras_convnext  # noqa: E402
 from keras_convnext.architecture import get_variant  # noqa: E402
 from keras_convnext.predict import CLASSES_FILE  # noqa: E402
 from training import cli, data, evaluate, export, strategy  # noqa: E402
+from keras_convnext.weights.files import CheckpointError, load_keras_model  # noqa: E402
+from training import cli, data, export, lock, strategy  # noqa: E402
 from training.callbacks import CSV_COLUMNS, RunLog, write_metrics_csv  # noqa: E402,F401
-from training.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
+from training.checkpoint import (  # noqa: E402
+    CheckpointManager, atomic_write_text, remove_temporaries)
 from training.config import MIXED_PRECISION, Config, ConfigError, parse_args  # noqa: E402
 from training.session import TrainingError, TrainingSession, drop_path_rate  # noqa: E402,F401
 
@@ -98,7 +101,9 @@ def read_pretrained(path):
             raise ConfigError(f"weights file not found: {path}")
         return "checkpoint", path
     try:
-        source = keras.saving.load_model(path, compile=False)
+        source = load_keras_model(path, compile=False)
+    except CheckpointError as e:
+        raise ConfigError(f"cannot read weights: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"cannot read weights {path}: {data.first_line(e)}") from None
     return "keras", {v.path: keras.ops.convert_to_numpy(v.value)
@@ -141,20 +146,27 @@ def run(config: Config, log=_say) -> RunResult:
     """Trains (or resumes) the run described by ``config``; returns what it produced."""
     start = time.time()
     runtime = strategy.select(config.strategy, config.cpu_devices, config.model_parallel)
+    folder = RunFolder(config, runtime)  # locks --output before anything is written into it
+    try:
+        return _train(config, runtime, folder, log, start)
+    finally:
+        folder.close()
+
+
+def _train(config, runtime, folder, log, start):
     if config.mixed_precision:
         keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     keras.utils.set_random_seed(config.seed)
     source = data.load(config)
     session = TrainingSession(config, runtime, source)
-    folder = RunFolder(config, runtime)
-    train_ds, val_ds = session.datasets()
     build = model_builder(config, source.num_classes)
     pretrained = read_pretrained(config.weights) if config.weights else None
     prepare = None if pretrained is None else (lambda m: load_pretrained(m, pretrained, log))
     model = session.compile(build, prepare=prepare)
-    state, initial_epoch = folder.resume(model, log)
+    state, initial_epoch = folder.resume(model, session.schedule, log)
     if runtime.is_chief and source.class_names is not None:
         write_class_names(config.output, source.class_names)
+    train_ds, val_ds = session.datasets(start_epoch=initial_epoch)
 
     name, depths, dims, drop = model_spec(config)
     log(f"ConvNeXt-{name} depths={list(depths)} dims={list(dims)} "
@@ -188,14 +200,21 @@ def write_class_names(output, names):
 class RunFolder:
     """What a run writes under ``--output``: checkpoints, metrics.csv, logs, the best and final
     models. Every worker runs the same steps (collectives must match); only the chief writes
-    into ``--output``, the others into a temporary folder removed at the end."""
+    into ``--output``, the others into a temporary folder removed at the end. The chief holds
+    ``--output``'s lock (``training.lock``) from construction to ``close``: a second program
+    on a busy folder stops with ``FolderLocked`` before touching anything; holding it, the
+    chief removes what killed runs left there (temporary files and folders)."""
 
     def __init__(self, config, runtime):
         self.config = config
         self.is_chief = runtime.is_chief
+        self.lock = lock.acquire(config.output) if runtime.is_chief else None
         self.out_dir = (config.output if runtime.is_chief
                         else tempfile.mkdtemp(prefix="convnext_worker_"))
         os.makedirs(self.out_dir, exist_ok=True)
+        if self.is_chief:
+            remove_temporaries(self.out_dir)
+            remove_temporaries(os.path.join(self.out_dir, "checkpoints"))
         self.manager = CheckpointManager(os.path.join(config.output, "checkpoints"))
         self.writer = (self.manager if runtime.is_chief
                        else CheckpointManager(os.path.join(self.out_dir, "checkpoints")))
@@ -208,12 +227,22 @@ class RunFolder:
             "saved_model": os.path.join(self.out_dir, "saved_model"),
         }
 
-    def resume(self, model, log):
-        """(state, epochs done): the last checkpoint restored into ``model``, or a fresh run."""
-        record = self.manager.restore(model)
+    def close(self):
+        """Releases ``--output``'s lock."""
+        if self.lock is not None:
+            lock.release(self.lock)
+            self.lock = None
+
+    def resume(self, model, schedule, log):
+        """(state, epochs done): the last good checkpoint restored into ``model``, or a fresh
+        run. A run whose lr/EMA ``schedule`` differs from the checkpointed one (a larger
+        ``--epochs``, another ``--lr``...) is refused unless ``restart_schedule`` is set."""
+        record = self.manager.restore(model, log)
         state = record["state"] if record else {"rows": [], "best": None}
         initial_epoch = record["epoch"] if record else 0
+        planned = {**dataclasses.asdict(schedule), "min_lr": self.config.min_lr}
         if record:
+            self._check_schedule(state.get("schedule"), planned, initial_epoch, log)
             log(f"Resuming from {os.path.join(self.manager.directory, record['file'])} "
                 f"({initial_epoch} of {self.config.epochs} epochs done)")
             changed = [k for k in ("dataset", "model", "depths", "dims", "image_size")
@@ -223,10 +252,27 @@ class RunFolder:
                 log(f"warning: {', '.join(changed)} differ from the checkpointed run")
             write_metrics_csv(self.paths["metrics"],
                               [r for r in state["rows"] if r["epoch"] <= initial_epoch])
+        state["schedule"] = planned
         if self.is_chief:
             atomic_write_text(os.path.join(self.out_dir, "config.json"),
                               json.dumps(self.config_dict, indent=1))
         return state, initial_epoch
+
+    def _check_schedule(self, saved, planned, done, log):
+        if saved is None:
+            return  # a checkpoint from before schedules were recorded
+        changed = [k for k in planned if saved.get(k) != planned[k]]
+        if not changed:
+            return
+        was = ", ".join(f"{k} {saved.get(k)} -> {planned[k]}" for k in changed)
+        if not self.config.restart_schedule:
+            raise ConfigError(
+                f"{self.config.output} was trained with another lr/EMA schedule ({was}); "
+                "resuming would jump to another point of the warm-up/cosine schedule and change "
+                "the EMA decay: use a new --output, or --restart-schedule to go on from epoch "
+                f"{done} with the new schedule")
+        log(f"Restarting the schedule (--restart-schedule): {was}; epochs {done + 1}.. follow "
+            "the new warm-up/cosine schedule at the current step, with the new EMA decay")
 
     def finish(self, model, build, source):
         """Exports the final model (with ``export``), evaluates the source's test split (if it

@@ -15,7 +15,7 @@ One module per format (``official``, ``timm``, ``hf``, ``keras_applications``, `
 ``formats`` tells them apart, ``files`` reads bytes, ``assign`` sets the variables.
 """
 
-from keras_convnext.weights import assign, native, presets
+from keras_convnext.weights import assign, files, native, presets
 from keras_convnext.weights.assign import architecture
 from keras_convnext.weights.files import CheckpointError
 from keras_convnext.weights.formats import read as read_checkpoint
@@ -46,7 +46,10 @@ def load_weights(model, weights, *, skip_mismatched_head=False, ema=False):
         weights = presets.fetch(presets.find(model, weights))
     if not native.has_convnext_variables(model):
         # Not ConvNeXt's layers (an early roadmap step): only its own Keras weights files fit.
-        model.load_weights(weights)
+        try:
+            model.load_weights(weights)
+        except files.READ_ERRORS as e:
+            raise CheckpointError(f"{weights}: cannot read this weights file: {e}") from None
         return model
     converted = read_checkpoint(weights, ema=ema)
     return assign.assign(model, converted, skip_mismatched_head=skip_mismatched_head)

@@ -2,13 +2,19 @@
 
 Nothing here knows ConvNeXt; it only turns bytes into ``name -> numpy array`` (torch formats)
 or a list of ``H5Entry`` (Keras formats). ``sniff`` tells the container from the file's first
-bytes, never from its name.
+bytes, never from its name. ``load_keras_model`` opens a whole ``.keras`` file. Whatever the
+container's library raises on damaged bytes (h5py's bare RuntimeError/OSError/KeyError, zip CRC
+errors, a truncated archive) comes out as one ``CheckpointError`` naming the file; a
+``<file>.sha256`` sidecar (``sha256sum`` format, written by the training program) is verified
+when present, since HDF5 has no checksum and zeroed blocks can otherwise load silently.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import struct
+import zipfile
 
 import numpy as np
 
@@ -18,6 +24,67 @@ class CheckpointError(ValueError):
 
 
 HDF5, SAFETENSORS, TORCH_ZIP, TORCH_PICKLE = "hdf5", "safetensors", "torch-zip", "torch-pickle"
+SIDECAR = ".sha256"
+# What h5py, zipfile and Keras raise on damaged or truncated bytes.
+READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def file_sha256(path):
+    """The hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_sidecar(path, digest):
+    """Records ``digest`` (of ``path``) in ``path.sha256``, as ``sha256sum`` writes it."""
+    tmp = f"{path}{SIDECAR}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"{digest}  {os.path.basename(path)}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path + SIDECAR)
+
+
+def verify_sidecar(path):
+    """Raises ``CheckpointError`` when ``path.sha256`` exists and does not match the file."""
+    sidecar = path + SIDECAR
+    if not os.path.isfile(sidecar):
+        return
+    with open(sidecar, encoding="utf-8") as f:
+        expected = f.read().split()[:1]
+    if expected != [file_sha256(path)]:
+        raise CheckpointError(f"{path} is damaged: its sha256 differs from {sidecar}")
+
+
+def load_keras_model(path, **kwargs):
+    """``keras.saving.load_model(path, **kwargs)`` for a ``.keras`` file whose damage (a zip CRC
+    error, a truncated archive, a sidecar mismatch) is one ``CheckpointError`` naming it."""
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"model file not found: {path}")
+    verify_sidecar(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except READ_ERRORS as e:
+        raise CheckpointError(f"{path}: not a readable .keras archive (truncated or corrupt?): "
+                              f"{_first_line(e)}") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged: {bad} inside it fails its CRC check")
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except READ_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot load this .keras model: {_first_line(e)}") from None
 
 TORCH_INSTALL_HINT = (
     'install the torch extra (pip install "keras_convnext[torch]"), or convert the file once '
@@ -153,6 +220,7 @@ def read_keras_h5(path):
     """All weights of a Keras weights file as ``H5Entry``s, whichever Keras wrote it."""
     import h5py
 
+    verify_sidecar(path)
     try:
         with h5py.File(path, "r") as f:
             if "layer_names" in f.attrs:
@@ -163,8 +231,12 @@ def read_keras_h5(path):
                 entries = []
                 _walk_keras3(f, (), entries)
                 return entries
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read this HDF5 file (corrupt?): {e}") from e
+    except CheckpointError:
+        raise
+    except READ_ERRORS as e:  # h5py: OSError, a bare RuntimeError (bad B-tree/symbol table), ...
+        raise CheckpointError(
+            f"{path}: cannot read this HDF5 file (corrupt or truncated?): {_first_line(e)}"
+        ) from None
     raise CheckpointError(
         f"{path} is an HDF5 file but not a Keras weights file (no 'layers' group and no "
         "'layer_names' attribute)"
