@@ -65,6 +65,7 @@ class Config:
     min_lr: float = 1e-6
     warmup_epochs: typing.Optional[float] = None  # None: 20 per 300 epochs; capped at epochs
     weight_decay: float = 0.05
+    beta_2: float = 0.999  # AdamW's second-moment decay (FCMAE pre-training: 0.95)
     layer_decay: float = 1.0  # layer-wise lr decay (fine-tuning; 1.0 = off)
     clip_grad_norm: typing.Optional[float] = None
     ema: bool = True
@@ -117,6 +118,11 @@ PRESETS = {
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def fields_of(cls):
+    """``{name: field}`` of a config dataclass (``Config`` or a program's subclass)."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _base_type(annotation):
     """(type, is_optional) of a field annotation."""
     args = typing.get_args(annotation)
@@ -126,11 +132,11 @@ def _base_type(annotation):
     return annotation, False
 
 
-def _coerce(key, value):
+def _coerce(key, value, fields=FIELDS):
     """Converts ``value`` (from YAML/JSON or a flag) to the type of ``key``."""
-    if key not in FIELDS:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
-    kind, optional = _base_type(FIELDS[key].type)
+    if key not in fields:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
+    kind, optional = _base_type(fields[key].type)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -205,15 +211,18 @@ def load_file(path):
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def make_config(file_values=None, flag_values=None):
-    """Merges defaults < dataset preset < file < flags into a validated ``Config``."""
-    file_values = {k: _coerce(k, v) for k, v in (file_values or {}).items()}
-    flag_values = {k: _coerce(k, v) for k, v in (flag_values or {}).items()}
-    dataset = flag_values.get("dataset", file_values.get("dataset", Config.dataset))
-    preset = PRESETS.get(dataset, {})
+def make_config(file_values=None, flag_values=None, cls=Config, presets=None, check=None):
+    """Merges defaults < dataset preset < file < flags into a validated ``cls`` (``Config``;
+    a program with its own keys passes its subclass, ``presets`` and ``check``)."""
+    fields = fields_of(cls)
+    presets = PRESETS if presets is None else presets
+    file_values = {k: _coerce(k, v, fields) for k, v in (file_values or {}).items()}
+    flag_values = {k: _coerce(k, v, fields) for k, v in (flag_values or {}).items()}
+    dataset = flag_values.get("dataset", file_values.get("dataset", cls.dataset))
+    preset = presets.get(dataset, {})
     merged = {**preset, **file_values, **flag_values}
-    config = Config(**merged)
-    validate(config)
+    config = cls(**merged)
+    (check or validate)(config)
     return config
 
 
@@ -277,6 +286,7 @@ def validate(c):
     _check(c.warmup_epochs is None or c.warmup_epochs >= 0.0,
            f"warmup_epochs={c.warmup_epochs} (must be >= 0)")
     _check(c.weight_decay >= 0.0, f"weight_decay={c.weight_decay} (must be >= 0)")
+    _check(0.0 <= c.beta_2 < 1.0, f"beta_2={c.beta_2} (must be in [0, 1))")
     _check(0.0 < c.layer_decay <= 1.0, f"layer_decay={c.layer_decay} (must be in (0, 1])")
     _check(c.clip_grad_norm is None or c.clip_grad_norm > 0.0,
            f"clip_grad_norm={c.clip_grad_norm} (must be > 0)")
@@ -307,20 +317,20 @@ def _check_dataset_spec(key, spec):
     )
 
 
-def _flag_type(name):
-    kind, _ = _base_type(FIELDS[name].type)
+def _flag_type(field):
+    kind, _ = _base_type(field.type)
     if typing.get_origin(kind) is tuple:
         return {"nargs": "+", "type": str}
     return {"type": str}
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train or fine-tune a ConvNeXt with the paper's recipe (keras_convnext).",
-    )
+def build_parser(cls=Config, prog="python -m training.train",
+                 description="Train or fine-tune a ConvNeXt with the paper's recipe "
+                             "(keras_convnext)."):
+    """Every field of ``cls`` as a flag (``image_size`` -> ``--image-size``), plus ``--config``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="a YAML or JSON file with Config keys; flags override it")
-    for name, field in FIELDS.items():
+    for name, field in fields_of(cls).items():
         flag = "--" + name.replace("_", "-")
         kind, _ = _base_type(field.type)
         default = field.default
@@ -331,14 +341,15 @@ def build_parser():
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text, **_flag_type(name))
+            parser.add_argument(flag, dest=name, default=None, help=help_text, **_flag_type(field))
     return parser
 
 
-def parse_args(argv=None):
-    """Parses command-line arguments into a validated Config."""
-    args = vars(build_parser().parse_args(argv))
+def parse_args(argv=None, parser=None, **make):
+    """Parses command-line arguments into a validated Config (``parser`` and ``make``'s
+    ``cls``/``presets``/``check``: another program's, as ``training.pretrain``'s)."""
+    args = vars((parser or build_parser()).parse_args(argv))
     config_file = args.pop("config")
     flags = {k: v for k, v in args.items() if v is not None}
     file_values = load_file(config_file) if config_file else {}
-    return make_config(file_values, flags)
+    return make_config(file_values, flags, **make)

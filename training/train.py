@@ -158,7 +158,7 @@ def run(config: Config, log=_say) -> RunResult:
 
     callbacks = session.callbacks(
         RunLog(folder.out_dir, folder.writer, state, session.nan_guard, save_best,
-               folder.config_dict),
+               folder.config_dict, folder.columns),
         keras.callbacks.TensorBoard(folder.paths["logs"], write_graph=False, profile_batch=0),
     )
     if initial_epoch < config.epochs:
@@ -176,8 +176,9 @@ class RunFolder:
     models. Every worker runs the same steps (collectives must match); only the chief writes
     into ``--output``, the others into a temporary folder removed at the end."""
 
-    def __init__(self, config, runtime):
+    def __init__(self, config, runtime, columns=CSV_COLUMNS):
         self.config = config
+        self.columns = tuple(columns)  # of metrics.csv
         self.is_chief = runtime.is_chief
         self.out_dir = (config.output if runtime.is_chief
                         else tempfile.mkdtemp(prefix="convnext_worker_"))
@@ -208,19 +209,23 @@ class RunFolder:
             if changed:
                 log(f"warning: {', '.join(changed)} differ from the checkpointed run")
             write_metrics_csv(self.paths["metrics"],
-                              [r for r in state["rows"] if r["epoch"] <= initial_epoch])
+                              [r for r in state["rows"] if r["epoch"] <= initial_epoch],
+                              self.columns)
         if self.is_chief:
             atomic_write_text(os.path.join(self.out_dir, "config.json"),
                               json.dumps(self.config_dict, indent=1))
         return state, initial_epoch
 
-    def finish(self, model, build):
-        """Exports the final model (with ``export``) and returns the files of the run."""
+    def finish(self, model, build, write_final=None):
+        """Writes the final files (with ``export``: the inference model and SavedModel, or
+        ``write_final(out_dir)``'s, which returns their paths) and returns the run's files."""
         paths = self.paths
         files = [paths["metrics"], paths["logs"], self.manager.directory]
         if os.path.exists(paths["best"]):
             files.append(paths["best"])
-        if self.config.export:
+        if self.config.export and write_final is not None:
+            files += write_final(self.out_dir)
+        elif self.config.export:
             final = export.inference_model(model, build)
             export.save_keras(final, paths["final"])
             export.export_saved_model(final, paths["final"], paths["saved_model"])
