@@ -131,6 +131,18 @@ def test_patchify_round_trips_and_reconstruct_keeps_visible_patches(rng):
                                atol=1e-5)
 
 
+def test_fcmae_round_trips_through_a_keras_file(tmp_path, rng):
+    model = _tiny(image_size=32, mask_ratio=0.5, norm_pix_loss=False)
+    model.save(tmp_path / "fcmae.keras")
+    loaded = keras.saving.load_model(tmp_path / "fcmae.keras")
+    assert isinstance(loaded, fcmae.FCMAE) and loaded.mask_ratio == 0.5
+    assert not loaded.norm_pix_loss and loaded.patch_size == 8
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    mask = model.sample_mask(2)
+    np.testing.assert_allclose(_np(loaded(images, patch_mask=mask)["pred"]),
+                               _np(model(images, patch_mask=mask)["pred"]), atol=1e-6)
+
+
 # ---------------------------------------------------------------- the pretrain program
 
 
