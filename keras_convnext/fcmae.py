@@ -29,7 +29,14 @@ from keras import ops
 
 from keras_convnext import architecture as arch
 from keras_convnext.builder import convnext_graph
-from keras_convnext.layers import PACKAGE, ConvNeXtBlock, channel_norm, conv_initializer
+from keras_convnext.layers import (
+    PACKAGE,
+    ConvNeXtBlock,
+    _to_channels_last,
+    _to_data_format,
+    channel_norm,
+    conv_initializer,
+)
 
 TOTAL_STRIDE = arch.MIN_INPUT_SIZE  # stem 4 x three 2x downsamplings
 STEM_STRIDE = 4
@@ -126,14 +133,6 @@ def reconstruction_loss(target, pred, mask, norm_pix_loss=True):
     return ops.sum(per_patch * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def _to_data_format(x, data_format):
-    return ops.transpose(x, (0, 3, 1, 2)) if data_format == "channels_first" else x
-
-
-def _to_channels_last(x, data_format):
-    return ops.transpose(x, (0, 2, 3, 1)) if data_format == "channels_first" else x
-
-
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FCMAE(keras.Model):
     """The masked autoencoder around a ConvNeXt V2 encoder, trained by ``model.fit`` on images
@@ -158,7 +157,8 @@ class FCMAE(keras.Model):
         self.patch_size, self.mask_ratio = int(patch_size), float(mask_ratio)
         self.decoder_dim, self.decoder_depth = int(decoder_dim), int(decoder_depth)
         self.norm_pix_loss = bool(norm_pix_loss)
-        self.drop_path_rate, self.seed, self.encoder_name = float(drop_path_rate), seed, encoder_name
+        self.drop_path_rate, self.seed = float(drop_path_rate), seed
+        self.encoder_name = encoder_name
         self.data_format = keras.config.image_data_format()
         self.grid = self.image_size // self.patch_size
         shape = (self.image_size, self.image_size, self.channels)

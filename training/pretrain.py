@@ -93,8 +93,8 @@ PRESETS = {
 
 
 def validate(c):
-    """``training.train``'s checks, then FCMAE's: a V2 variant (custom depths/dims are built as V2), an exact masking geometry, a
-    decoder, and no fine-tuning-only settings."""
+    """``training.train``'s checks, then FCMAE's: a V2 variant (custom depths/dims are built
+    as V2), an exact masking geometry, a decoder, and no fine-tuning-only settings."""
     config_lib.validate(c)
     if c.depths is None and get_variant(c.model).family != V2:
         raise ConfigError(
