@@ -263,24 +263,24 @@ def _env(**extra):
 @run_once_across_backends()
 def test_sigkill_mid_run_then_rerun_resumes_each_epoch_once(tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "training.pretrain", *TINY_FLAGS, "--epochs", "3",
-            "--steps-per-epoch", "30", "--output", str(out)]
+    args = [sys.executable, "-m", "training.pretrain", *TINY_FLAGS, "--epochs", "2",
+            "--steps-per-epoch", "20", "--output", str(out)]
     latest = out / "checkpoints" / "latest.json"
     process = subprocess.Popen([*args, "--verbose", "2"], cwd=REPO, env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in process.stdout:
         seen.append(line)
-        if line.startswith("Epoch 2/3"):
+        if line.startswith("Epoch 2/2"):
             break
     assert process.poll() is None, "".join(seen) + process.communicate()[1][-3000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = json.loads(latest.read_text())["epoch"]
-    assert 1 <= killed_at < 3 and not (out / "encoder.weights.h5").exists()
+    assert killed_at == 1 and not (out / "encoder.weights.h5").exists()
     done = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"({killed_at} of 3 epochs done)" in done.stdout
-    assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1", "2", "3"]
+    assert "(1 of 2 epochs done)" in done.stdout
+    assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1", "2"]
     assert (out / "encoder.weights.h5").is_file()
