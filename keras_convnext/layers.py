@@ -238,12 +238,28 @@ class ConvNeXtBlock(keras.layers.Layer):
         if self.layer_scale is not None:
             self.layer_scale.build(channels_last)
 
-    def call(self, inputs, training=None):
-        x = _to_channels_last(self.dwconv(inputs), self.data_format)
-        x = self.norm(x)
+    def call(self, inputs, training=None, visible=None):
+        """``visible``: FCMAE's masked dense encoding (``keras_convnext.fcmae``). A 0/1 map
+        shaped like ``inputs`` with one channel, 1 at visible positions; ``inputs`` must be
+        zero elsewhere. The depthwise conv's output and the GRN's input are zeroed at masked
+        positions (so GRN's norms sum over visible positions only) and so is the block's
+        output: visible outputs then never depend on masked ones, as in the sparse original."""
+        x = self.dwconv(inputs)
+        if visible is not None:
+            x = x * ops.cast(visible, x.dtype)
+            visible = _to_channels_last(visible, self.data_format)
+        x = self.norm(_to_channels_last(x, self.data_format))
         x = self.pwconv1(x)  # includes the GELU
+        if visible is not None:
+            x = x * ops.cast(visible, x.dtype)
         if self.grn is not None:
             x = self.grn(x, overwrite_inputs=True)  # pwconv1's output, used by nothing else
+        if visible is not None:
+            x = self.pwconv2(x) * ops.cast(visible, x.dtype)
+            x = _to_data_format(x, self.data_format)
+            if self.drop_path is not None:
+                x = self.drop_path(x, training=training)
+            return inputs + x
         if self.data_format == "channels_last" and not (training and self.drop_path is not None):
             # pwconv2, LayerScale and the shortcut in one call, which a backend may fuse.
             gamma = self.layer_scale.gamma if self.layer_scale is not None else None

@@ -69,8 +69,10 @@ class RunLog(keras.callbacks.Callback):
     order, and the CSV is rewritten from the checkpointed rows on resume, so after any kill
     every epoch appears exactly once)."""
 
-    def __init__(self, out_dir, manager, state, nan_guard, save_best, config_dict):
+    def __init__(self, out_dir, manager, state, nan_guard, save_best, config_dict,
+                 columns=CSV_COLUMNS):
         super().__init__()
+        self.columns = tuple(columns)
         self.out_dir = out_dir
         self.manager = manager
         self.state = state
@@ -84,12 +86,13 @@ class RunLog(keras.callbacks.Callback):
         logs = logs or {}
         optimizer = recipe.base_optimizer(self.model.optimizer)
         row = {"epoch": epoch + 1}
-        for key in CSV_COLUMNS[1:-1]:
+        for key in self.columns[1:-1]:
             row[key] = float(logs[key]) if key in logs else None
         row["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         self.state["rows"] = [r for r in self.state["rows"] if r["epoch"] <= epoch] + [row]
-        write_metrics_csv(os.path.join(self.out_dir, "metrics.csv"), self.state["rows"])
-        score = row["val_accuracy"]
+        write_metrics_csv(os.path.join(self.out_dir, "metrics.csv"), self.state["rows"],
+                          self.columns)
+        score = row.get("val_accuracy")
         best = self.state.get("best")
         if score is not None and (best is None or score > best["val_accuracy"]):
             self.state["best"] = {"epoch": epoch + 1, "val_accuracy": score}
@@ -98,10 +101,11 @@ class RunLog(keras.callbacks.Callback):
         self.manager.save(self.model, epoch + 1, self.state)
 
 
-def write_metrics_csv(path, rows):
+def write_metrics_csv(path, rows, columns=CSV_COLUMNS):
+    """``rows`` as a CSV of ``columns`` (epoch first, learning_rate last)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     atomic_write_text(path, buffer.getvalue())

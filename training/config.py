@@ -68,6 +68,7 @@ class Config:
     min_lr: float = 1e-6  # the cosine schedule's final lr
     warmup_epochs: typing.Optional[float] = None  # None: 20 per 300 epochs; capped at epochs
     weight_decay: float = 0.05  # AdamW's decoupled weight decay
+    beta_2: float = 0.999  # AdamW's second-moment decay (FCMAE pre-training: 0.95)
     layer_decay: float = 1.0  # layer-wise lr decay (fine-tuning; 1.0 = off)
     clip_grad_norm: typing.Optional[float] = None  # clip the global gradient norm to this
     ema: bool = True  # keep an EMA of the weights (evaluated and exported)
@@ -148,6 +149,11 @@ PRESETS = {
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def fields_of(cls):
+    """``{name: field}`` of a config dataclass (``Config`` or a program's subclass)."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _base_type(annotation):
     """(type, is_optional) of a field annotation."""
     args = typing.get_args(annotation)
@@ -157,11 +163,11 @@ def _base_type(annotation):
     return annotation, False
 
 
-def _coerce(key, value):
+def _coerce(key, value, fields=FIELDS):
     """Converts ``value`` (from YAML/JSON or a flag) to the type of ``key``."""
-    if key not in FIELDS:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
-    kind, optional = _base_type(FIELDS[key].type)
+    if key not in fields:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
+    kind, optional = _base_type(fields[key].type)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -236,15 +242,18 @@ def load_file(path):
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def make_config(file_values=None, flag_values=None):
-    """Merges defaults < dataset preset < file < flags into a validated ``Config``."""
-    file_values = {k: _coerce(k, v) for k, v in (file_values or {}).items()}
-    flag_values = {k: _coerce(k, v) for k, v in (flag_values or {}).items()}
-    dataset = flag_values.get("dataset", file_values.get("dataset", Config.dataset))
-    preset = PRESETS.get(dataset.partition(":")[0], {})
+def make_config(file_values=None, flag_values=None, cls=Config, presets=None, check=None):
+    """Merges defaults < dataset preset < file < flags into a validated ``cls`` (``Config``;
+    a program with its own keys passes its subclass, ``presets`` and ``check``)."""
+    fields = fields_of(cls)
+    presets = PRESETS if presets is None else presets
+    file_values = {k: _coerce(k, v, fields) for k, v in (file_values or {}).items()}
+    flag_values = {k: _coerce(k, v, fields) for k, v in (flag_values or {}).items()}
+    dataset = flag_values.get("dataset", file_values.get("dataset", cls.dataset))
+    preset = presets.get(dataset.partition(":")[0], {})
     merged = {**preset, **file_values, **flag_values}
-    config = Config(**merged)
-    validate(config)
+    config = cls(**merged)
+    (check or validate)(config)
     return config
 
 
@@ -308,6 +317,7 @@ def validate(c):
     _check(c.warmup_epochs is None or c.warmup_epochs >= 0.0,
            f"warmup_epochs={c.warmup_epochs} (must be >= 0)")
     _check(c.weight_decay >= 0.0, f"weight_decay={c.weight_decay} (must be >= 0)")
+    _check(0.0 <= c.beta_2 < 1.0, f"beta_2={c.beta_2} (must be in [0, 1))")
     _check(0.0 < c.layer_decay <= 1.0, f"layer_decay={c.layer_decay} (must be in (0, 1])")
     _check(c.clip_grad_norm is None or c.clip_grad_norm > 0.0,
            f"clip_grad_norm={c.clip_grad_norm} (must be > 0)")
@@ -340,56 +350,62 @@ def _check_dataset_spec(key, spec):
     )
 
 
-def _flag_type(name):
-    kind, _ = _base_type(FIELDS[name].type)
+def _flag_type(field):
+    kind, _ = _base_type(field.type)
     if typing.get_origin(kind) is tuple:
         return {"nargs": "+", "type": str}
     return {"type": str}
 
 
-def field_help():
-    """{key: description}: the comment beside each field of ``Config`` (one table: the
-    dataclass is the documentation of every flag)."""
+def field_help(cls=Config):
+    """{key: description}: the comment beside each field of ``cls`` and its bases (one table:
+    the dataclass is the documentation of every flag)."""
     import inspect
     import re
 
-    lines = inspect.getsource(Config).splitlines()
-    found = (re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line) for line in lines)
-    return {m.group(1): m.group(2).strip() for m in found if m and m.group(1) in FIELDS}
+    fields, found = fields_of(cls), {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+            if m and m.group(1) in fields:
+                found[m.group(1)] = m.group(2).strip()
+    return found
 
 
-def _default_text(name, preset_name):
-    """The default of ``name`` as the help shows it: the default dataset's preset value when it
+def _default_text(field, preset):
+    """The default of ``field`` as the help shows it: the default dataset's preset value when it
     sets one (with the recipe's value beside it), else the recipe's."""
-    recipe = FIELDS[name].default
-    preset = PRESETS.get(preset_name, {})
+    name, recipe, preset_name = field.name, field.default, preset.get("__name__")
     if name in preset and preset[name] != recipe:
         return f"default: {preset[name]!r} ({preset_name} preset; the recipe: {recipe!r})"
     return f"default: {recipe!r}"
 
 
-def build_parser():
-    """The flags of every Config key (plus ``--config`` and ``-v``), each with its description
-    and the default it gets with the default dataset's preset."""
+def build_parser(cls=Config, prog="python -m training.train",
+                 description="Train or fine-tune a ConvNeXt with the paper's recipe "
+                             "(keras_convnext).", presets=None):
+    """The flags of every key of ``cls`` (plus ``--config`` and ``-v``), each with its
+    description and the default it gets with the default dataset's preset."""
     from keras_convnext import cli
 
+    presets = PRESETS if presets is None else presets
+    preset = {**presets.get(cls.dataset, {}), "__name__": cls.dataset}
     parser = cli.ArgumentParser(
-        prog="python -m training.train",
-        description="Train or fine-tune a ConvNeXt with the paper's recipe (keras_convnext). "
-                    f"Defaults shown are those of --dataset {Config.dataset} (its preset); other "
-                    "datasets start from the paper's ImageNet recipe (shown beside).",
+        prog=prog,
+        description=f"{description} Defaults shown are those of --dataset {cls.dataset} (its "
+                    "preset); other datasets start from the recipe's (shown beside).",
         usage="%(prog)s [--config FILE] [-v] [--KEY VALUE ...]",
         formatter_class=argparse.HelpFormatter,
     )
     parser.add_argument("--config", help="a YAML or JSON file with Config keys; flags override it")
     parser.add_argument("-v", dest="show_logs", action="store_true",
                         help="show TensorFlow's and the backends' log lines and tracebacks")
-    descriptions = field_help()
-    for name, field in FIELDS.items():
+    descriptions = field_help(cls)
+    for name, field in fields_of(cls).items():
         flag = "--" + name.replace("_", "-")
         kind, _ = _base_type(field.type)
         help_text = f"{descriptions.get(name, name.replace('_', ' '))} " \
-                    f"({_default_text(name, Config.dataset)})"
+                    f"({_default_text(field, preset)})"
         if name == "model":
             help_text = f"{help_text}; one of {', '.join(ALL_VARIANTS)}"
         help_text = help_text.replace("%", "%%")
@@ -397,15 +413,16 @@ def build_parser():
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text, **_flag_type(name))
+            parser.add_argument(flag, dest=name, default=None, help=help_text, **_flag_type(field))
     return parser
 
 
-def parse_args(argv=None):
-    """Parses command-line arguments into a validated Config."""
-    args = vars(build_parser().parse_args(argv))
-    args.pop("show_logs")  # read by keras_convnext.cli before TensorFlow starts
+def parse_args(argv=None, parser=None, **make):
+    """Parses command-line arguments into a validated Config (``parser`` and ``make``'s
+    ``cls``/``presets``/``check``: another program's, as ``training.pretrain``'s)."""
+    args = vars((parser or build_parser()).parse_args(argv))
+    args.pop("show_logs", None)  # read by keras_convnext.cli before TensorFlow starts
     config_file = args.pop("config")
     flags = {k: v for k, v in args.items() if v is not None}
     file_values = load_file(config_file) if config_file else {}
-    return make_config(file_values, flags)
+    return make_config(file_values, flags, **make)

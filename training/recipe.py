@@ -161,7 +161,7 @@ def make_optimizer(model, config, peak_lr, total_steps, warmup_steps, ema_decay)
         learning_rate=lr_schedule(peak_lr, config.min_lr, total_steps, warmup_steps),
         weight_decay=config.weight_decay,
         beta_1=0.9,
-        beta_2=0.999,
+        beta_2=config.beta_2,
         epsilon=1e-8,
         global_clipnorm=config.clip_grad_norm,
         use_ema=config.ema,

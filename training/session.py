@@ -86,10 +86,11 @@ class TrainingSession:
                                     start_step=start_epoch * self.schedule.steps_per_epoch)
         return train, data.eval_pipeline(self.source, config, batch)
 
-    def compile(self, build, prepare=None, metrics=("accuracy",)):
+    def compile(self, build, prepare=None, metrics=("accuracy",), loss=recipe.make_loss):
         """Builds ``build()`` under the runtime's scope, calls ``prepare(model)`` (e.g. to load
-        pretrained weights), compiles it with the recipe's optimizer and loss, and adapts it to
-        the runtime. Returns the model."""
+        pretrained weights), compiles it with the recipe's optimizer and ``loss(config)`` (the
+        recipe's cross-entropy; None for a model with its own ``compute_loss``, as FCMAE), and
+        adapts it to the runtime. Returns the model."""
         s = self.schedule
         with self.runtime.scope():
             model = build()
@@ -98,7 +99,7 @@ class TrainingSession:
             optimizer = recipe.make_optimizer(
                 model, self.config, s.peak_lr, s.total_steps, s.warmup_steps, s.ema_decay)
             jit = "auto" if self.config.jit_compile is None else self.config.jit_compile
-            model.compile(optimizer=optimizer, loss=recipe.make_loss(self.config),
+            model.compile(optimizer=optimizer, loss=None if loss is None else loss(self.config),
                           metrics=list(metrics), jit_compile=jit)
             model.optimizer.build(model.trainable_variables)
         strategy.adapt_model(self.runtime, model)

@@ -179,7 +179,7 @@ def _train(config, runtime, folder, log, start):
 
     callbacks = session.callbacks(
         RunLog(folder.out_dir, folder.writer, state, session.nan_guard, save_best,
-               folder.config_dict),
+               folder.config_dict, folder.columns),
         keras.callbacks.TensorBoard(folder.paths["logs"], write_graph=False, profile_batch=0),
     )
     if initial_epoch < config.epochs:
@@ -205,8 +205,9 @@ class RunFolder:
     on a busy folder stops with ``FolderLocked`` before touching anything; holding it, the
     chief removes what killed runs left there (temporary files and folders)."""
 
-    def __init__(self, config, runtime):
+    def __init__(self, config, runtime, columns=CSV_COLUMNS):
         self.config = config
+        self.columns = tuple(columns)  # of metrics.csv
         self.is_chief = runtime.is_chief
         self.lock = lock.acquire(config.output) if runtime.is_chief else None
         self.out_dir = (config.output if runtime.is_chief
@@ -251,7 +252,8 @@ class RunFolder:
             if changed:
                 log(f"warning: {', '.join(changed)} differ from the checkpointed run")
             write_metrics_csv(self.paths["metrics"],
-                              [r for r in state["rows"] if r["epoch"] <= initial_epoch])
+                              [r for r in state["rows"] if r["epoch"] <= initial_epoch],
+                              self.columns)
         state["schedule"] = planned
         if self.is_chief:
             atomic_write_text(os.path.join(self.out_dir, "config.json"),
@@ -274,9 +276,10 @@ class RunFolder:
         log(f"Restarting the schedule (--restart-schedule): {was}; epochs {done + 1}.. follow "
             "the new warm-up/cosine schedule at the current step, with the new EMA decay")
 
-    def finish(self, model, build, source):
-        """Exports the final model (with ``export``), evaluates the source's test split (if it
-        has one) and returns (the files of the run, the test record or None)."""
+    def finish(self, model, build, source=None, write_final=None):
+        """Writes the final files (with ``export``: the inference model and SavedModel, or
+        ``write_final(out_dir)``'s, which returns their paths), evaluates the source's test
+        split (if it has one) and returns (the files of the run, the test record or None)."""
         paths = self.paths
         files = [paths["metrics"], paths["logs"], self.manager.directory]
         if os.path.exists(os.path.join(self.out_dir, CLASSES_FILE)):
@@ -284,12 +287,15 @@ class RunFolder:
         if os.path.exists(paths["best"]):
             files.append(paths["best"])
         final, test = None, None
-        if self.config.export:
+        if self.config.export and write_final is not None:
+            files += write_final(self.out_dir)
+        elif self.config.export:
             final = export.inference_model(model, build)
             export.save_keras(final, paths["final"])
             export.export_saved_model(final, paths["final"], paths["saved_model"])
             files += [paths["final"], paths["saved_model"]]
-        if source.test is not None and self.is_chief:
+        if write_final is None and source is not None and source.test is not None \
+                and self.is_chief:
             test = evaluate.evaluate_test_set(
                 final or export.inference_model(model, build), source, self.config,
                 self.out_dir, paths["saved_model"] if self.config.export else None)
