@@ -159,9 +159,7 @@ def _write_saved_model(model, path, signatures=("serving_default", "serve_uint8"
     models = {"serving_default": (model, "float32"), "serve_uint8": (None, "uint8")}
     for name in signatures:
         target, dtype = models[name]
-        target = target or _uint8_model(model)
-        if target is not model:
-            archive.track(target)
+        target = target or _uint8_model(model)  # the same variables: tracked once, as model's
         archive.add_endpoint(name, target, input_signature=[input_spec(model, dtype)])
     archive.write_out(path, verbose=False)
 
@@ -248,6 +246,10 @@ _WRITE = {"saved_model": _write_saved_model, "onnx": _write_onnx, "litert": _wri
           "openvino": _write_openvino, "torch": _write_torch}
 
 
+def _keras_quantized(model):
+    return any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
+
+
 def export_model(model, fmt, path, *, int8=False, representative=None):
     """Writes ``model`` as ``fmt`` to ``path`` (atomically: a temporary name, then renamed).
 
@@ -255,6 +257,10 @@ def export_model(model, fmt, path, *, int8=False, representative=None):
     (N, H, W, C)); for the other formats quantize the model first (``model.quantize("int8")``).
     """
     require(fmt)
+    if fmt in ("litert", "openvino") and _keras_quantized(model):
+        raise ExportError(f"{fmt} cannot take a model quantized with model.quantize (LiteRT has "
+                          "no int8 BatchMatMul, OpenVINO misreads it); export it as onnx, "
+                          "saved_model or torch, or litert with int8=True from the float model")
     if os.path.exists(path):
         raise ExportError(f"{path} exists; remove it or choose another output")
     parent = os.path.dirname(os.path.abspath(path))
