@@ -73,7 +73,7 @@ def test_tracing_for_export_is_true_only_while_torch_records_a_graph():
 
 
 def test_tensorflow_gelu_is_written_with_erf():
-    x = np.linspace(-6, 6, 101).astype("float32")
+    x = keras.ops.convert_to_tensor(np.linspace(-6, 6, 101).astype("float32"))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dispatch.gelu_erf(x)),
                                keras.ops.convert_to_numpy(keras.activations.gelu(x)),
                                rtol=1e-6, atol=1e-6)  # erf loses digits only where GELU ~ 0
