@@ -154,3 +154,20 @@ def test_a_format_of_another_backend_is_written_by_its_subprocess(model, tmp_pat
     written = ex.export_all(model, "saved_model", str(tmp_path / "out"), log=lines.append)
     assert list(written) == ["saved_model"] and os.path.isdir(written["saved_model"])
     assert "written by KERAS_BACKEND=tensorflow" in lines[0] and "matches" in lines[0]
+
+
+def test_int8_quantize_of_a_loaded_model_with_fast_paths_round_trips(tmp_path):
+    path = str(tmp_path / "m.keras")
+    tiny_model(drop_path_rate=0.1).save(path)
+    model = keras.saving.load_model(path)  # a loaded model: every layer must be built
+    images = ex.sample_images(model, count=2)
+    reference = keras.ops.convert_to_numpy(model(images, training=False))
+    model.quantize("int8")
+    quantized = keras.ops.convert_to_numpy(model(images, training=False))
+    assert 0 < ex.relative_error(quantized, reference) < 0.05
+    model.save(str(tmp_path / "q.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "q.keras"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images, training=False)),
+                               quantized, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ex.ExportError, match="cannot take a model quantized"):
+        ex.export_model(loaded, "openvino", str(tmp_path / "q.xml"))
