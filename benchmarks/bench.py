@@ -4,6 +4,7 @@
     python benchmarks/bench.py --backends tensorflow,jax,torch    # each in its own process
     python benchmarks/bench.py --json out.json --bf16 --data       # + bf16 mode, input pipeline
     python benchmarks/bench.py --gemm-floor                       # + the GEMMs' time alone
+    python benchmarks/bench.py --models ours,ours_int8 --what inference   # Keras int8 vs fp32
 
 What is timed, per model, as users call it:
 
@@ -109,6 +110,10 @@ def keras_entries(args, names):
         entries.append(entry("ours_bf16", bf16_model(args)))
     if "keras_bf16" in names and peer in KERAS_APPLICATIONS:
         entries.append(entry("keras_bf16", keras_application(mixed_bfloat16)))
+    if "ours_int8" in names:  # Keras' model.quantize("int8"): inference only
+        model = keras_convnext.build(args.variant, input_shape=shape)
+        model.quantize("int8")
+        entries.append(Entry("ours_int8", model.predict_on_batch, None, None))
     return entries
 
 
@@ -184,6 +189,8 @@ def ratios(results):
     for other in ("ours_plain", "ours_v1"):
         if "ours" in results and other in results:
             out[f"ours/{other}"] = round(results["ours"]["img_s"] / results[other]["img_s"], 3)
+    if "ours" in results and "ours_int8" in results:
+        out["ours_int8/ours"] = round(results["ours_int8"]["img_s"] / results["ours"]["img_s"], 3)
     if "ours" in results and "ours_bf16" in results:
         out["ours_bf16/ours"] = round(results["ours_bf16"]["img_s"] / results["ours"]["img_s"], 3)
     return out

@@ -19,6 +19,8 @@ layer                fast path
 ``Dense``            torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
                      oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
                      GELU fused into the GEMM at inference (oneDNN post-op).
+``Dense`` (GELU)     tensorflow: exact GELU through ``erf`` (``gelu_erf``), not ``erfc``: always (not a
+                     fast path; tf2onnx has no ``Erfc``).
 ``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
 ``grn``              torch: float32 squared norms over slices of the map, the affine part as one
                      ``addcmul`` (in place at inference inside a block), the backward written out.
@@ -31,7 +33,8 @@ last 1x1 conv, LayerScale and shortcut, which torch runs at inference as one GEM
 oneDNN post-op, the scale folded into the kernel).
 
 Anything a fast path does not cover (strides, dilations, depth multipliers, other activations,
-LoRA, quantization) takes Keras' own op. Fast paths can be switched off, e.g. to compare numbers,
+LoRA, quantization) takes Keras' own op, and so does anything torch records for export
+(``tracing_for_export``). Fast paths can be switched off, e.g. to compare numbers,
 with ``set_fast_paths(False)``, the ``fast_paths(False)`` context manager, or the environment
 variable ``KERAS_CONVNEXT_FAST_PATHS=0``. On JAX and TensorFlow the switch is read when a function
 is traced, so it applies to functions traced afterwards.
@@ -72,11 +75,32 @@ def fast_paths(enabled):
         set_fast_paths(old)
 
 
+def tracing_for_export():
+    """True while torch records the model into a graph for export (``torch.jit.trace``, as the
+    OpenVINO and TorchScript-ONNX exporters use, and ``torch.export``, as the ``.pt2``, dynamo
+    ONNX and LiteRT exporters use). The torch fast paths (oneDNN-only ops, in-place writes,
+    loops over slices of the map) give way there to Keras' plain ops, which every converter
+    knows and which give the same numbers. On JAX and TensorFlow every call of a compiled
+    function is a trace, and their fast paths export as they are: always False there."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def _torch_fast():
+    """Whether the torch fast paths may run now: switched on, on torch, not traced for export."""
+    return _enabled and keras.backend.backend() == "torch" and not tracing_for_export()
+
+
 def _fast_depthwise(layer, inputs):
     """The backend's fast depthwise conv (with bias), or None when there is none for ``layer``."""
     if not _enabled or layer.activation not in (None, keras.activations.linear):
         return None
     backend = keras.backend.backend()
+    if backend == "torch" and tracing_for_export():
+        return None
     if backend == "jax":
         from keras_convnext.fast import jax_ops as impl
     elif backend == "torch":
@@ -119,12 +143,24 @@ def _is_exact_gelu(activation):
     return activation is _GELU
 
 
+def gelu_erf(x):
+    """Exact GELU written with ``erf``, ``x / 2 * (1 + erf(x / sqrt 2))``: TensorFlow's own
+    (``tf.nn.gelu``) is written with ``erfc``, which tf2onnx cannot convert; this form every
+    converter knows, and it agrees with ``erfc``'s to float32 rounding."""
+    return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
+
+
+def _tensorflow_gelu(layer):
+    """True where ``layer``'s exact GELU is computed with ``gelu_erf`` (TensorFlow). Not a fast
+    path: it is what makes TensorFlow graphs convertible to ONNX, so the switch leaves it on."""
+    return keras.backend.backend() == "tensorflow" and _is_exact_gelu(layer.activation)
+
+
 def _plain_linear_layer(layer, allow_gelu=False):
     """True when ``layer`` computes exactly ``op(inputs, kernel) + bias`` (no activation, except
     exact GELU where ``allow_gelu``; no LoRA or quantization): all the fast paths implement."""
     return (
-        _enabled
-        and keras.backend.backend() == "torch"
+        _torch_fast()
         and (layer.activation in (None, keras.activations.linear)
              or (allow_gelu and _is_exact_gelu(layer.activation)))
         and not getattr(layer, "lora_enabled", False)
@@ -153,6 +189,13 @@ class Dense(keras.layers.Dense):
         return residual + outputs
 
     def _dense(self, inputs, training):
+        if _tensorflow_gelu(self):
+            self.activation = None  # Keras' own matmul (float, int8 or LoRA), then erf's GELU
+            try:
+                outputs = super().call(inputs, training=training)
+            finally:
+                self.activation = _GELU
+            return gelu_erf(outputs)
         if not _plain_linear_layer(self, allow_gelu=True):
             return super().call(inputs, training=training)
         from keras_convnext.fast import torch_ops
@@ -248,7 +291,7 @@ def grn(inputs, gamma, beta, epsilon, data_format, overwrite_inputs=False):
     and fuses the plain ops' gradient by itself."""
     axes = _grn_axes(data_format)
     backend = keras.backend.backend()
-    if _enabled and backend == "torch":
+    if backend == "torch" and _torch_fast():
         from keras_convnext.fast import torch_ops
 
         return torch_ops.grn(inputs, ops.convert_to_tensor(gamma), ops.convert_to_tensor(beta),

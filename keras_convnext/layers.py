@@ -101,6 +101,9 @@ class StochasticDepth(keras.layers.Layer):
         self.rate = rate
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+        # No shape-dependent state: built now, so that a block rebuilt on loading (which does
+        # not call this layer) leaves no unbuilt layer, which model.quantize("int8") refuses.
+        self.built = True
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:

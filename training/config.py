@@ -84,6 +84,7 @@ class Config:
     seed: int = 0  # weights, data order and augmentation
     restart_schedule: bool = False  # resume although the lr/EMA schedule changed (e.g. epochs)
     export: bool = True  # write model.keras and saved_model/ at the end
+    export_formats: typing.Optional[str] = None  # also these, into export/: "onnx,litert"
     jit_compile: typing.Optional[bool] = None  # None: Keras' "auto" (XLA off on CPU-only TF)
     verbose: typing.Optional[int] = None  # keras fit verbosity; None: bar on a TTY, else 2
 
@@ -267,6 +268,13 @@ def validate(c):
     _check_dataset_spec("dataset", c.dataset)
     if c.val_dataset is not None:
         _check_dataset_spec("val_dataset", c.val_dataset)
+    if c.export_formats:
+        from keras_convnext.export import ExportError, parse_formats
+
+        try:
+            parse_formats(c.export_formats)
+        except ExportError as e:
+            raise ConfigError(f"bad config value: export_formats: {e}") from None
     _check(0.0 <= c.val_split < 1.0, f"val_split={c.val_split} (must be in [0, 1))")
     _check(c.num_classes is None or c.num_classes >= 2,
            f"num_classes={c.num_classes} (must be >= 2)")

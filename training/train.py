@@ -30,10 +30,10 @@ import keras  # noqa: E402
 
 import keras_convnext  # noqa: E402
 from keras_convnext.architecture import get_variant  # noqa: E402
+from keras_convnext import export as keras_export  # noqa: E402
 from keras_convnext.predict import CLASSES_FILE  # noqa: E402
-from training import cli, data, evaluate, export, strategy  # noqa: E402
-from keras_convnext.weights.files import CheckpointError, load_keras_model  # noqa: E402
-from training import cli, data, export, lock, strategy  # noqa: E402
+from keras_convnext.weights.files import CheckpointError, load_keras_model  # noqa: E402,F401
+from training import cli, data, evaluate, export, lock, strategy  # noqa: E402
 from training.callbacks import CSV_COLUMNS, RunLog, write_metrics_csv  # noqa: E402,F401
 from training.checkpoint import (  # noqa: E402
     CheckpointManager, atomic_write_text, remove_temporaries)
@@ -226,6 +226,7 @@ class RunFolder:
             "best": os.path.join(self.out_dir, "best_model.keras"),
             "final": os.path.join(self.out_dir, "model.keras"),
             "saved_model": os.path.join(self.out_dir, "saved_model"),
+            "export": os.path.join(self.out_dir, "export"),
         }
 
     def close(self):
@@ -294,6 +295,11 @@ class RunFolder:
             export.save_keras(final, paths["final"])
             export.export_saved_model(final, paths["final"], paths["saved_model"])
             files += [paths["final"], paths["saved_model"]]
+            if self.config.export_formats:  # keras_convnext.export: each file checked
+                shutil.rmtree(paths["export"], ignore_errors=True)  # a rerun's: rewritten
+                files += list(keras_export.export_all(
+                    final, self.config.export_formats, paths["export"],
+                    keras_path=paths["final"], log=_say).values())
         if write_final is None and source is not None and source.test is not None \
                 and self.is_chief:
             test = evaluate.evaluate_test_set(
