@@ -152,6 +152,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@run_once_across_backends("the program's files and resume; the masking is tested per backend above")
 def test_pretrain_writes_metrics_and_an_encoder_and_resumes(tmp_path, capsys):
     from training.pretrain import main
     from training.train import load_pretrained, read_pretrained
@@ -160,7 +161,10 @@ def test_pretrain_writes_metrics_and_an_encoder_and_resumes(tmp_path, capsys):
     args = [*TINY_FLAGS, "--steps-per-epoch", "2", "--output", str(out)]
     assert main([*args, "--epochs", "1", "--no-export"]) == 0
     assert not (out / "encoder.weights.h5").exists()
-    assert main([*args, "--epochs", "2"]) == 0
+    # a longer run on the same folder: the schedule changes, which the program refuses unless asked
+    assert main([*args, "--epochs", "2"]) == 2
+    assert "--restart-schedule" in capsys.readouterr().err
+    assert main([*args, "--epochs", "2", "--restart-schedule"]) == 0
     stdout = capsys.readouterr().out
     assert "(1 of 2 epochs done)" in stdout and "encoder.weights.h5" in stdout
     rows = _rows(out / "metrics.csv")

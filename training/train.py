@@ -146,18 +146,18 @@ def run(config: Config, log=_say) -> RunResult:
     """Trains (or resumes) the run described by ``config``; returns what it produced."""
     start = time.time()
     runtime = strategy.select(config.strategy, config.cpu_devices, config.model_parallel)
+    source = data.load(config)  # checks the data (a folder's every image) before --output exists
     folder = RunFolder(config, runtime)  # locks --output before anything is written into it
     try:
-        return _train(config, runtime, folder, log, start)
+        return _train(config, runtime, source, folder, log, start)
     finally:
         folder.close()
 
 
-def _train(config, runtime, folder, log, start):
+def _train(config, runtime, source, folder, log, start):
     if config.mixed_precision:
         keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     keras.utils.set_random_seed(config.seed)
-    source = data.load(config)
     session = TrainingSession(config, runtime, source)
     build = model_builder(config, source.num_classes)
     pretrained = read_pretrained(config.weights) if config.weights else None
