@@ -26,14 +26,13 @@ KERAS_HOME is unset); later loads read the converted file and need neither netwo
 """
 
 import dataclasses
-import hashlib
 import os
 
 import keras
 
 from keras_convnext import architecture as families
 from keras_convnext.weights import assign, formats, native
-from keras_convnext.weights.files import CheckpointError
+from keras_convnext.weights.files import CheckpointError, file_sha256
 
 IMAGENET_1K_CLASSES = 1000
 
@@ -144,7 +143,7 @@ def fetch(preset):
             f"converted on first use), or pass its path as weights=..."
         ) from e
     if preset.sha256_prefix:
-        digest = _sha256(raw)
+        digest = file_sha256(raw)
         if not digest.startswith(preset.sha256_prefix):
             raise CheckpointError(
                 f"{raw}: sha256 {digest} does not start with {preset.sha256_prefix}, the hash "
@@ -162,9 +161,3 @@ def fetch(preset):
     return converted_path
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
