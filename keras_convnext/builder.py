@@ -294,15 +294,20 @@ def takes_model_options(func):
 
 @takes_model_options
 def convnext_graph(
-    depths, dims, *, layer_scale_init_value=1e-6, kernel_size=7, use_grn=False, **options
+    depths, dims, *, layer_scale_init_value=1e-6, kernel_size=7, use_grn=False,
+    stem_patch_size=4, **options
 ):
     """ConvNeXt's graph (arguments as ``keras_convnext.ConvNeXt``'s, without ``weights``):
     the patchify stem, LayerNorm + 2x2/2 downsampling, ``ConvNeXtBlock`` stages (ConvNeXt V2's
     with ``use_grn=True`` and no LayerScale)."""
     depths, dims = validate_architecture(depths, dims, layer_scale_init_value)
+    if isinstance(stem_patch_size, bool) or not isinstance(stem_patch_size, int) \
+            or stem_patch_size < 1:
+        raise ValueError(f"stem_patch_size must be a positive integer, got {stem_patch_size!r}")
+    options.setdefault("min_size", 8 * stem_patch_size)
 
     def stem(x, data_format):
-        return Stem(dims[0], data_format=data_format, name=STEM)(x)
+        return Stem(dims[0], patch_size=stem_patch_size, data_format=data_format, name=STEM)(x)
 
     def downsample(x, stage, data_format):
         return Downsample(dims[stage], data_format=data_format, name=downsample_name(stage))(x)

@@ -41,6 +41,7 @@ def ConvNeXt(
     layer_scale_init_value=1e-6,
     kernel_size=7,
     use_grn=False,
+    stem_patch_size=4,
     **options,
 ):
     """Builds a ConvNeXt of any depths and widths as a functional Keras model.
@@ -55,6 +56,9 @@ def ConvNeXt(
         layer_scale_init_value: LayerScale init (1e-6); None or 0 builds blocks without it.
         kernel_size: depthwise kernel size (7 in ConvNeXt).
         use_grn: ConvNeXt V2's blocks (GRN after the GELU); see ``ConvNeXtV2``.
+        stem_patch_size: the patchify stem's kernel and stride (4 in every published model);
+            2 keeps twice the resolution in every stage, for small images (28-32 px), at
+            four times the compute. Inputs from ``8 * stem_patch_size`` px.
         model_name: name of the returned model (``name`` is an alias).
         include_top: end with global average pooling, LayerNorm and a Dense classifier.
         input_tensor: optional tensor to use as the model's input.
@@ -78,7 +82,7 @@ def ConvNeXt(
     validate_weights(weights)
     model = convnext_graph(
         depths, dims, layer_scale_init_value=layer_scale_init_value, kernel_size=kernel_size,
-        use_grn=use_grn, **options,
+        use_grn=use_grn, stem_patch_size=stem_patch_size, **options,
     )
     return apply_weights(model, weights, skip_mismatched_head=skip_mismatched_head)
 

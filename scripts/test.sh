@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite once per Keras backend (tensorflow, jax, torch). Extra arguments go to pytest.
-# Installs into .venv first (scripts/setup.sh) unless SKIP_SETUP=1.
+# Installs into .venv first (scripts/setup.sh) unless SKIP_SETUP=1. TEST_WORKERS (default 2)
+# pytest-xdist processes per pass: many tests wait on subprocesses and imports, so two overlap
+# well even on 2 cores; TEST_WORKERS=0 runs in one process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${SKIP_SETUP:-0}" != 1 ]; then
@@ -10,6 +12,6 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 status=0
 for backend in ${BACKENDS:-tensorflow jax torch}; do
     echo "=== KERAS_BACKEND=$backend"
-    KERAS_BACKEND=$backend .venv/bin/python -m pytest "$@" || status=1
+    KERAS_BACKEND=$backend .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" "$@" || status=1
 done
 exit $status

@@ -60,3 +60,14 @@ def test_bench_times_the_models_it_names_and_writes_json(tmp_path):
         assert set(results) == {"ours", "ours_plain"}
         assert all(r["img_s"] > 0 and len(r["times_s"]) == 1 for r in results.values())
         assert "ours/ours_plain" in report[what]["ratios"]
+
+
+def test_fcmae_speed_times_pretraining_and_both_encoders_on_this_backend(tmp_path):
+    import fcmae_speed
+
+    out = tmp_path / "fcmae.json"
+    (row,) = fcmae_speed.main(["--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
+                               "--json", str(out)])
+    assert set(row["results"]) == {"fcmae", "masked_encoder", "plain_encoder"}
+    assert all(r["img_s"] > 0 and len(r["times_s"]) == 1 for r in row["results"].values())
+    assert row["masked_over_plain_encoder"] > 0 and json.loads(out.read_text()) == row

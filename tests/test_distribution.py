@@ -100,3 +100,41 @@ def test_the_layout_map_shards_every_pointwise_layer_and_checks_widths():
     with pytest.raises(ValueError, match="no 'model' axis"):
         distribution.layout_map(keras.distribution.DeviceMesh(
             (1,), ("batch",), keras.distribution.list_devices()[:1]))
+
+
+PRETRAIN = """
+import sys, jax, keras, numpy as np
+from training import pretrain
+assert len(jax.devices()) == 2, jax.devices()
+tiny = dict(dataset="digits", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), image_size=32,
+            patch_size=8, decoder_dim=16, warmup_epochs=0, epochs=1, steps_per_epoch=2,
+            lr=1e-3, export=False, verbose=0)
+weights = {}
+for name, values in (("one", dict(strategy="default", batch_size=8)),
+                     ("data", dict(strategy="mirrored", batch_size=4))):  # 2 replicas x 4
+    result = pretrain.run(pretrain.make_config({}, {**tiny, **values,
+                                                    "output": f"{sys.argv[1]}/{name}"}), log=print)
+    weights[name] = {v.path: keras.ops.convert_to_numpy(v.value) for v in result.model.weights}
+    print(name, "loss", result.rows[-1]["loss"])
+np.savez(sys.argv[1] + "/weights.npz", **{f"{name}|{path}": array for name, w in weights.items()
+                                          for path, array in w.items()})
+"""
+
+
+def test_fcmae_pretraining_runs_data_parallel_on_two_devices(tmp_path):
+    """training.pretrain under JAX DataParallel (two devices, the same global batch as one
+    device): it trains (encoder, decoder and mask token, all finite) to one device's loss. The
+    weights are not equal: JAX draws the masks of a sharded batch with other random bits."""
+    out = run_python(PRETRAIN, "jax", tmp_path, env=TWO_DEVICES, timeout=900)
+    assert "jax-data-parallel (2 devices) x2: global batch 8" in out
+    losses = dict(line.split(" loss ") for line in out.splitlines() if " loss " in line)
+    assert float(losses["data"]) == pytest.approx(float(losses["one"]), rel=0.1)
+    saved = np.load(tmp_path / "weights.npz")
+    runs = {}
+    for key in saved.files:
+        name, path = key.split("|", 1)
+        runs.setdefault(name, {})[path] = saved[key]
+    assert len(runs["one"]) > 20 and set(runs["one"]) == set(runs["data"])
+    assert any("mask_token" in path for path in runs["one"])
+    for path, array in runs["data"].items():
+        assert np.isfinite(array).all(), path

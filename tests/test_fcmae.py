@@ -268,7 +268,7 @@ def _env(**extra):
 def test_sigkill_mid_run_then_rerun_resumes_each_epoch_once(tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "training.pretrain", *TINY_FLAGS, "--epochs", "2",
-            "--steps-per-epoch", "20", "--output", str(out)]
+            "--steps-per-epoch", "8", "--output", str(out)]
     latest = out / "checkpoints" / "latest.json"
     process = subprocess.Popen([*args, "--verbose", "2"], cwd=REPO, env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import REPO, run_once_across_backends
@@ -87,21 +88,21 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
 
 def test_sigkill_mid_epoch_then_rerun_resumes_each_epoch_once(tmp_path):
     out = tmp_path / "run"
-    args = [*TINY_FLAGS, "--epochs", "4", "--steps-per-epoch", "40", "--validation-steps", "2",
+    args = [*TINY_FLAGS, "--epochs", "3", "--steps-per-epoch", "12", "--validation-steps", "2",
             "--no-export", "--output", str(out)]
     latest = out / "checkpoints" / "latest.json"
-    process = _cli([*args, "--verbose", "2"])  # Keras logs "Epoch 2/4" as epoch 2 begins
+    process = _cli([*args, "--verbose", "2"])  # Keras logs "Epoch 2/3" as epoch 2 begins
     seen = []
     for line in process.stdout:
         seen.append(line)
-        if line.startswith("Epoch 2/4"):
+        if line.startswith("Epoch 2/3"):
             break
     assert process.poll() is None, "".join(seen) + process.communicate()[1][-3000:]
     assert latest.exists(), "epoch 2 began before epoch 1 was checkpointed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = json.loads(latest.read_text())["epoch"]
-    assert 1 <= killed_at < 4
+    assert 1 <= killed_at < 3
     # The CSV row of an epoch is written just before its checkpoint, so a kill in between
     # leaves one row more than the checkpoint; the rerun rewrites the CSV from the checkpoint.
     assert _epochs(out / "metrics.csv") in (list(range(1, killed_at + 1)),
@@ -110,8 +111,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_each_epoch_once(tmp_path):
     process = _cli(args)
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
-    assert f"({killed_at} of 4 epochs done)" in stdout
-    assert _epochs(out / "metrics.csv") == [1, 2, 3, 4]
+    assert f"({killed_at} of 3 epochs done)" in stdout
+    assert _epochs(out / "metrics.csv") == [1, 2, 3]
     assert "Best val accuracy" in stdout and f"Files in {out}" in stdout
 
 
@@ -134,14 +135,18 @@ def test_mirrored_strategy_on_two_logical_cpus_in_bf16(tmp_path):
 
 
 WORKER = """
-import sys, numpy as np, keras
-from training.config import make_config
-from training.train import run
+import sys, numpy as np, keras, importlib
+program = importlib.import_module(sys.argv[3])  # training.train or training.pretrain
 values = dict(dataset="digits", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), image_size=32,
               batch_size=8, rand_augment_ops=0, warmup_epochs=1, verbose=0, epochs=2,
-              steps_per_epoch=2, validation_steps=2, export=False, strategy="multiworker",
-              output=sys.argv[1])
-result = run(make_config({}, values), log=print)
+              steps_per_epoch=2, export=False, strategy="multiworker", output=sys.argv[1])
+if sys.argv[3] == "training.train":
+    values["validation_steps"] = 2
+else:
+    values.update(patch_size=8, decoder_dim=16)
+make_config = getattr(program, "make_config", None) or importlib.import_module(
+    "training.config").make_config
+result = program.run(make_config({}, values), log=print)
 np.savez(sys.argv[2], *[keras.ops.convert_to_numpy(v.value) for v in result.model.weights])
 """
 
@@ -156,13 +161,15 @@ def _free_ports(count):
     return ports
 
 
-def test_multiworker_two_processes_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("program", ["training.train", "training.pretrain"])
+def test_multiworker_two_processes_end_with_identical_weights(tmp_path, program):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path / "run"), str(tmp_path / f"w{index}.npz")],
+            [sys.executable, "-c", WORKER, str(tmp_path / "run"), str(tmp_path / f"w{index}.npz"),
+             program],
             cwd=REPO, env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
     try:

@@ -243,3 +243,24 @@ def test_one_channel_is_refused_with_randaugment():
         _config(channels=1, rand_augment_ops=2)
     with pytest.raises(ConfigError, match="channels=2"):
         _config(channels=2)
+
+
+def _examples(ds):
+    return [(image.tobytes(), int(label)) for image, label in ds.as_numpy_iterator()]
+
+
+@run_once_across_backends("tf.data only")
+def test_train_fraction_trains_on_the_same_fixed_part_and_keeps_the_held_out_set():
+    whole = data.load(_config())
+    part = data.load(_config(train_fraction=0.1))
+    assert part.num_train == round(whole.num_train * 0.1) and part.num_val == whole.num_val
+    first, again = _examples(part.train), _examples(part.train)
+    assert len(first) == part.num_train and first == again  # the same subset every pass
+    assert first == _examples(data.load(_config(train_fraction=0.1)).train)  # and every run
+    assert set(first) <= set(_examples(whole.train))
+    assert len({label for _, label in first}) == 10  # a random subset, every class still there
+    assert _examples(part.val) == _examples(whole.val)
+    assert "training on 144 of its 1438" in part.description
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="train_fraction"):
+            _config(train_fraction=bad)

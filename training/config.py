@@ -33,6 +33,7 @@ class Config:
     val_dataset: typing.Optional[str] = None  # a separate held-out source (same syntax)
     data_dir: typing.Optional[str] = None  # tfds data_dir (datasets must be prepared there)
     val_split: float = 0.1  # held-out fraction when the source has no validation split
+    train_fraction: float = 1.0  # train on a fixed random part of the training set (labels)
     num_classes: typing.Optional[int] = None  # tfrecord: skips the label scan when given
     tfrecord_image_key: str = "image/encoded"  # tfrecord feature holding the encoded image
     tfrecord_label_key: str = "image/class/label"  # tfrecord feature holding the int label
@@ -60,6 +61,7 @@ class Config:
     dims: typing.Optional[typing.Tuple[int, ...]] = None  # custom ConvNeXt: 4 widths
     drop_path: typing.Optional[float] = None  # stochastic depth; None: the variant's paper value
     layer_scale_init: typing.Optional[float] = None  # None: the variant's (1e-6; V2: none)
+    stem_patch_size: int = 4  # the patchify stem's stride; 2 for small images (V1/V2 only)
     weights: typing.Optional[str] = None  # fine-tune from a .keras / .weights.h5 / run folder
     # --- optimization
     epochs: int = 300  # total epochs of the run (a rerun resumes)
@@ -276,9 +278,14 @@ def validate(c):
         except ExportError as e:
             raise ConfigError(f"bad config value: export_formats: {e}") from None
     _check(0.0 <= c.val_split < 1.0, f"val_split={c.val_split} (must be in [0, 1))")
+    _check(0.0 < c.train_fraction <= 1.0,
+           f"train_fraction={c.train_fraction} (must be in (0, 1])")
     _check(c.num_classes is None or c.num_classes >= 2,
            f"num_classes={c.num_classes} (must be >= 2)")
-    _check(c.image_size >= 32, f"image_size={c.image_size} (ConvNeXt needs >= 32 pixels)")
+    _check(c.stem_patch_size >= 1, f"stem_patch_size={c.stem_patch_size} (must be >= 1)")
+    _check(c.image_size >= 8 * c.stem_patch_size,
+           f"image_size={c.image_size} (ConvNeXt with a {c.stem_patch_size}x{c.stem_patch_size} "
+           f"stem needs >= {8 * c.stem_patch_size} pixels)")
     _check(c.channels in (1, 3), f"channels={c.channels} (1 or 3)")
     _check(c.channels == 3 or c.rand_augment_ops == 0,
            "channels=1 with RandAugment (its color operations need RGB: pass "
@@ -311,6 +318,9 @@ def validate(c):
             raise ConfigError(
                 f"unknown model {c.model!r}; choose one of {', '.join(ALL_VARIANTS)}"
             ) from None
+    _check(c.stem_patch_size == 4 or c.depths is not None
+           or get_variant(c.model).family != "isotropic",
+           f"stem_patch_size={c.stem_patch_size} (the isotropic models' stem is fixed)")
     _check(c.drop_path is None or 0.0 <= c.drop_path < 1.0,
            f"drop_path={c.drop_path} (must be in [0, 1))")
     _check(c.layer_scale_init is None or c.layer_scale_init >= 0.0,

@@ -378,7 +378,24 @@ def load(config):
                                      files=list(source.files) + list(held.files))
     if source.num_train is not None and source.num_train == 0:
         raise DataError(f"dataset {config.dataset} holds no training examples")
+    if getattr(config, "train_fraction", 1.0) < 1.0:
+        source = labeled_fraction(source, config.train_fraction)
     return with_channels(source, config.channels)
+
+
+def labeled_fraction(source, fraction):
+    """``source`` training on a fixed random ``fraction`` of its training examples (seed 0, the
+    same subset every pass and every run); held-out and test sets stay whole. For label-efficiency
+    experiments: fine-tuning a pre-trained encoder with 10 % of the labels."""
+    if source.num_train is None:
+        raise DataError("train_fraction needs a dataset of known size (TFRecords: leave "
+                        "num_classes or steps_per_epoch unset so that the records are counted)")
+    keep = max(1, int(round(source.num_train * fraction)))
+    train = source.train.shuffle(source.num_train, seed=0, reshuffle_each_iteration=False)
+    return dataclasses.replace(
+        source, train=train.take(keep), num_train=keep,
+        description=f"{source.description}; training on {keep} of its {source.num_train} "
+                    f"training examples (train_fraction={fraction:g})")
 
 
 def with_channels(source, channels):

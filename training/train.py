@@ -79,6 +79,8 @@ def model_builder(config, num_classes):
     )
     if config.layer_scale_init is not None:
         common["layer_scale_init_value"] = config.layer_scale_init or None
+    if config.stem_patch_size != 4:
+        common["stem_patch_size"] = config.stem_patch_size
 
     def build():
         if config.depths is not None:
