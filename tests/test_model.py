@@ -283,3 +283,21 @@ def test_feature_extractor_refuses_a_model_that_is_not_a_convnext():
     plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="no ConvNeXt stage 0"):
         feature_extractor(plain)
+
+
+def test_a_small_image_stem_halves_every_stride_and_round_trips(tmp_path):
+    model = keras_convnext.ConvNeXt((1, 1, 1, 1), (8, 16, 24, 32), stem_patch_size=2,
+                                    input_shape=(16, 16, 3), classes=4)
+    assert [s.stride for s in keras_convnext.stages(model)] == [2, 4, 8, 16]
+    assert model.get_layer("stem").output.shape[1:3] == (8, 8)
+    path = str(tmp_path / "small_stem.keras")
+    model.save(path)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 16x16 pixels"):
+        keras_convnext.ConvNeXt((1, 1, 1, 1), (8, 16, 24, 32), stem_patch_size=2,
+                                input_shape=(8, 8, 3))
+    with pytest.raises(ValueError, match="stem_patch_size must be a positive integer"):
+        keras_convnext.ConvNeXt((1, 1, 1, 1), (8, 16, 24, 32), stem_patch_size=0)

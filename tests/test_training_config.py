@@ -75,3 +75,19 @@ def test_bad_config_files(tmp_path):
                         ("c.json", "batch_size=2.5"), ("missing.json", "not found")):
         with pytest.raises(ConfigError, match=words):
             parse_args(["--config", str(tmp_path / name)])
+
+
+def test_stem_patch_size_is_checked_against_the_image_size_and_the_family():
+    from training.config import ConfigError, make_config
+
+    from training.train import model_builder
+
+    config = make_config({}, {"model": "atto", "stem_patch_size": 2, "image_size": 16})
+    model = model_builder(config, 10)()
+    assert model.get_layer("stem").patch_size == 2 and model.output_shape == (None, 10)
+    with pytest.raises(ConfigError, match=r"image_size=16 .*4x4 stem needs >= 32"):
+        make_config({}, {"image_size": 16})
+    with pytest.raises(ConfigError, match="stem_patch_size=2 .*isotropic"):
+        make_config({}, {"model": "isotropic_small", "stem_patch_size": 2})
+    with pytest.raises(ConfigError, match="stem_patch_size=0"):
+        make_config({}, {"stem_patch_size": 0})
