@@ -10,7 +10,7 @@ import os
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import BACKEND, REPO
 
 from keras_convnext import build
 from keras_convnext.flops import count_flops
@@ -62,7 +62,9 @@ def test_bench_times_the_models_it_names_and_writes_json(tmp_path):
         assert "ours/ours_plain" in report[what]["ratios"]
 
 
-def test_fcmae_speed_times_pretraining_and_both_encoders_on_this_backend(tmp_path):
+@pytest.mark.skipif(BACKEND != "torch", reason="the harness is the same on every backend (the "
+                    "benchmark runs each); runs in the torch pass, where tracing is cheapest")
+def test_fcmae_speed_times_pretraining_and_both_encoders(tmp_path):
     import fcmae_speed
 
     out = tmp_path / "fcmae.json"
@@ -71,3 +73,25 @@ def test_fcmae_speed_times_pretraining_and_both_encoders_on_this_backend(tmp_pat
     assert set(row["results"]) == {"fcmae", "masked_encoder", "plain_encoder"}
     assert all(r["img_s"] > 0 and len(r["times_s"]) == 1 for r in row["results"].values())
     assert row["masked_over_plain_encoder"] > 0 and json.loads(out.read_text()) == row
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow",
+                    reason="trains and exports with the TensorFlow backend (LiteRT)")
+def test_int8_accuracy_evaluates_every_variant_of_a_trained_run(tmp_path):
+    import int8_accuracy
+
+    from training.config import make_config
+    from training.train import run
+
+    out = tmp_path / "run"
+    run(make_config({}, {"dataset": "digits", "depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64),
+                         "image_size": 32, "batch_size": 8, "epochs": 1, "steps_per_epoch": 2,
+                         "validation_steps": 2, "rand_augment_ops": 0, "verbose": 0,
+                         "output": str(out)}), log=lambda m: None)
+    report = int8_accuracy.main([str(out), "--limit", "24", "--calibration", "8"])
+    assert report["images"] == 24 and report["split"] == "held-out"
+    names = {"keras fp32", "keras int8", "litert fp32", "litert int8"}
+    assert set(report["results"]) == names
+    assert report["results"]["keras fp32"]["agreement_with_fp32"] == 1.0
+    assert report["results"]["litert fp32"]["agreement_with_fp32"] == 1.0  # same float model
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["results"].values())

@@ -29,7 +29,7 @@ def test_notebook_is_committed_without_stale_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_top_to_bottom_and_shows_a_figure(path, tmp_path, monkeypatch):
     # Training notebooks read NOTEBOOK_EPOCHS: CI trains for fewer epochs than a reader does.
-    monkeypatch.setenv("NOTEBOOK_EPOCHS", "2")
+    monkeypatch.setenv("NOTEBOOK_EPOCHS", "1")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(path, as_version=4)

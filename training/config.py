@@ -141,7 +141,7 @@ PRESETS = {
         "cutmix": 0.0,
         "label_smoothing": 0.1,
         "drop_path": 0.0,
-        "epochs": 11,
+        "epochs": 8,
         "batch_size": 128,
         "lr": 2e-3,
         "warmup_epochs": 1,

@@ -28,7 +28,6 @@ from keras_convnext import fcmae  # noqa: E402
 from keras_convnext.architecture import V2, V2_VARIANTS, get_variant  # noqa: E402
 from training import cli, data, strategy  # noqa: E402
 from training import config as config_lib  # noqa: E402
-from training.callbacks import RunLog  # noqa: E402
 from training.checkpoint import atomic_save  # noqa: E402
 from training.config import MIXED_PRECISION, Config, ConfigError  # noqa: E402
 from training.session import TrainingSession  # noqa: E402
@@ -212,16 +211,7 @@ def _pretrain(config, runtime, folder, log, start):
     log(f"Data: {source.description} (labels not used)")
     log(session.describe())
 
-    callbacks = session.callbacks(
-        RunLog(folder.out_dir, folder.writer, state, session.nan_guard, lambda: None,
-               folder.config_dict, CSV_COLUMNS),
-        keras.callbacks.TensorBoard(folder.paths["logs"], write_graph=False, profile_batch=0),
-    )
-    if initial_epoch < config.epochs:
-        session.fit(model, train_ds, None, callbacks, initial_epoch)
-    failure = session.nan_error(state["rows"][-1]["epoch"] if state["rows"] else 0)
-    if failure is not None:
-        raise failure
+    folder.fit(session, model, state, train_ds, None, initial_epoch)
 
     def write_encoder(out_dir):
         path = os.path.join(out_dir, ENCODER_FILE)

@@ -179,16 +179,7 @@ def _train(config, runtime, source, folder, log, start):
     def save_best():
         export.save_keras(export.inference_model(model, build), folder.paths["best"])
 
-    callbacks = session.callbacks(
-        RunLog(folder.out_dir, folder.writer, state, session.nan_guard, save_best,
-               folder.config_dict, folder.columns),
-        keras.callbacks.TensorBoard(folder.paths["logs"], write_graph=False, profile_batch=0),
-    )
-    if initial_epoch < config.epochs:
-        session.fit(model, train_ds, val_ds, callbacks, initial_epoch)
-    failure = session.nan_error(state["rows"][-1]["epoch"] if state["rows"] else 0)
-    if failure is not None:
-        raise failure
+    folder.fit(session, model, state, train_ds, val_ds, initial_epoch, save_best)
     files, test = folder.finish(model, build, source)
     return RunResult(model, state["rows"], state.get("best"), config.output, files,
                      time.time() - start, initial_epoch, test)
@@ -278,6 +269,22 @@ class RunFolder:
                 f"{done} with the new schedule")
         log(f"Restarting the schedule (--restart-schedule): {was}; epochs {done + 1}.. follow "
             "the new warm-up/cosine schedule at the current step, with the new EMA decay")
+
+    def fit(self, session, model, state, train_ds, val_ds, initial_epoch,
+            save_best=lambda: None):
+        """Trains ``model`` on from ``initial_epoch`` with the run's callbacks (``RunLog``:
+        metrics.csv, checkpoints, the best model; TensorBoard under logs/); raises the NaN
+        error if the loss went NaN."""
+        callbacks = session.callbacks(
+            RunLog(self.out_dir, self.writer, state, session.nan_guard, save_best,
+                   self.config_dict, self.columns),
+            keras.callbacks.TensorBoard(self.paths["logs"], write_graph=False, profile_batch=0),
+        )
+        if initial_epoch < self.config.epochs:
+            session.fit(model, train_ds, val_ds, callbacks, initial_epoch)
+        failure = session.nan_error(state["rows"][-1]["epoch"] if state["rows"] else 0)
+        if failure is not None:
+            raise failure
 
     def finish(self, model, build, source=None, write_final=None):
         """Writes the final files (with ``export``: the inference model and SavedModel, or
