@@ -17,7 +17,6 @@ Timings, not a test: say which CPU in what you write down (the JSON records it).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -68,6 +67,13 @@ def measure(flag_values, batches, steps):
     }
 
 
+def describe(row):
+    """One line of a backend's result."""
+    return (f"{row['backend']:>10} {row['dataset']} {row['model']} {row['image_size']} px, "
+            f"batch {row['global_batch']}: pipeline {row['pipeline_images_per_s']} img/s, "
+            f"train step {row['train_step_images_per_s']} img/s -> bound by {row['bound_by']}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -90,17 +96,7 @@ def main(argv=None):
     else:
         flags = {"dataset": args.dataset, **{k: v for k, v in args.set}}
         rows = [measure(flags, args.batches, args.steps)]
-    for row in rows:
-        if "error" in row:
-            print(f"failed: {row['error']}")
-            continue
-        print(f"{row['backend']:>10} {row['dataset']} {row['model']} {row['image_size']} px, "
-              f"batch {row['global_batch']}: pipeline {row['pipeline_images_per_s']} img/s, "
-              f"train step {row['train_step_images_per_s']} img/s -> bound by {row['bound_by']}")
-    if args.json:  # one process: its row (read back by harness.run_in_backend); else all rows
-        with open(args.json, "w") as f:
-            json.dump(rows if args.backends else rows[0], f, indent=1)
-    return rows
+    return harness.print_rows(rows, describe, args.json, several=bool(args.backends))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ issue's bound is 1.3x. Timings, not a test: say which CPU in what you write down
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -88,6 +87,15 @@ def measure(variant, size, patch, batch, steps, warmup):
     }
 
 
+def describe(row):
+    """One line of a backend's result."""
+    r = row["results"]
+    return (f"{row['backend']:>10} {row['variant']} {row['image_size']} px, patch "
+            f"{row['patch_size']}, batch {row['batch']}: pre-training {r['fcmae']['img_s']} img/s; "
+            f"masked encoder {r['masked_encoder']['img_s']} vs plain {r['plain_encoder']['img_s']}"
+            f" img/s -> masking costs {row['masked_over_plain_encoder']}x")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="v2_atto")
@@ -107,19 +115,7 @@ def main(argv=None):
         rows = [harness.run_in_backend(__file__, forwarded, b) for b in args.backends.split(",")]
     else:
         rows = [measure(args.variant, args.size, args.patch, args.batch, args.steps, args.warmup)]
-    for row in rows:
-        if "error" in row:
-            print(f"failed: {row['error']}")
-            continue
-        r = row["results"]
-        print(f"{row['backend']:>10} {row['variant']} {row['image_size']} px, patch "
-              f"{row['patch_size']}, batch {row['batch']}: pre-training {r['fcmae']['img_s']} img/s; "
-              f"masked encoder {r['masked_encoder']['img_s']} vs plain {r['plain_encoder']['img_s']}"
-              f" img/s -> masking costs {row['masked_over_plain_encoder']}x")
-    if args.json:  # one process: its row (read back by harness.run_in_backend); else all rows
-        with open(args.json, "w") as f:
-            json.dump(rows if args.backends else rows[0], f, indent=1)
-    return rows
+    return harness.print_rows(rows, describe, args.json, several=bool(args.backends))
 
 
 if __name__ == "__main__":

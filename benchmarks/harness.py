@@ -97,6 +97,18 @@ def add_throughput(results, batch):
 # ------------------------------------------------------------------------- one process each
 
 
+def print_rows(rows, describe, json_path=None, several=True):
+    """Prints ``describe(row)`` (or the row's error) for each backend's row and writes the rows
+    to ``json_path``: all of them (``several``), or the one row a per-backend child measured,
+    which ``run_in_backend`` reads back. Returns ``rows``."""
+    for row in rows:
+        print(f"failed: {row['error']}" if "error" in row else describe(row))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows if several else rows[0], f, indent=1)
+    return rows
+
+
 def run_in_backend(script, argv, backend, out_flag="--json", timeout=None, stream=False):
     """Runs ``python script *argv out_flag PATH`` with ``KERAS_BACKEND=backend`` in a fresh
     process and returns the JSON it wrote to PATH, or ``{"error": ...}`` (with its last output

@@ -124,11 +124,15 @@ def _command(*args, backend="tensorflow"):
                           timeout=300, env={**env, "KERAS_BACKEND": backend, "PYTHONPATH": REPO})
 
 
-def test_a_failing_command_prints_only_its_error_line():
-    result = _command("-m", "keras_convnext.roadmap", "--steps", "bogus")
+@pytest.mark.parametrize("args, error", [
+    (("keras_convnext.roadmap", "--steps", "bogus"), "error: unknown roadmap step 'bogus'"),
+    (("training.pretrain", "--mask-ratio", "2"), "error: bad config value: mask_ratio=2"),
+])
+def test_a_failing_command_prints_only_its_error_line(args, error):
+    result = _command("-m", *args)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.splitlines()[-1]], result.stderr
-    assert result.stderr.startswith("error: unknown roadmap step 'bogus'")
+    assert result.stderr.startswith(error), result.stderr
 
 
 def test_verbose_shows_the_traceback_too(capsys, monkeypatch):

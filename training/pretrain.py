@@ -13,11 +13,12 @@ encoder's weights (``include_top=False``), for ``weights=`` or ``training.train 
 See training/TRAINING.md ("FCMAE pre-training").
 """
 
-import os
+from keras_convnext import cli as _cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_cli.quiet_start(tensorflow=True)  # TensorFlow's start-up logs filtered (-v: shown)
 
 import dataclasses  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import typing  # noqa: E402
