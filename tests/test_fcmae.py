@@ -288,3 +288,29 @@ def test_sigkill_mid_run_then_rerun_resumes_each_epoch_once(tmp_path):
     assert "(1 of 2 epochs done)" in done.stdout
     assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1", "2"]
     assert (out / "encoder.weights.h5").is_file()
+
+
+@run_once_across_backends("the data sources are tf.data on every backend")
+def test_pretrain_reads_a_folder_dataset_and_a_config_file_labels_unused(tmp_path, capsys):
+    from PIL import Image
+
+    from training.pretrain import main
+
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs"):  # class folders: their labels are read and ignored
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "fcmae.yaml").write_text(
+        "depths: [1, 1, 1, 1]\ndims: [8, 16, 32, 64]\nimage_size: 32\npatch_size: 8\n"
+        "decoder_dim: 16\nbatch_size: 4\nepochs: 1\nsteps_per_epoch: 2\nwarmup_epochs: 0\n"
+        "verbose: 0\n")
+    out = tmp_path / "run"
+    assert main(["--config", str(tmp_path / "fcmae.yaml"), "--dataset",
+                 f"folder:{tmp_path / 'images'}", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "(labels not used)" in stdout and "32 px, 8 px patches (4x4)" in stdout
+    assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1"]
+    assert json.loads((out / "config.json").read_text())["decoder_dim"] == 16  # from the file
+    keras_convnext.ConvNeXtV2(*TINY, include_top=False, weights=str(out / "encoder.weights.h5"))
