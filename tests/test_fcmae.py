@@ -314,3 +314,16 @@ def test_pretrain_reads_a_folder_dataset_and_a_config_file_labels_unused(tmp_pat
     assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1"]
     assert json.loads((out / "config.json").read_text())["decoder_dim"] == 16  # from the file
     keras_convnext.ConvNeXtV2(*TINY, include_top=False, weights=str(out / "encoder.weights.h5"))
+
+
+@run_once_across_backends("tf.distribute's MirroredStrategy is TensorFlow's")
+def test_pretrain_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "training.pretrain", *TINY_FLAGS, "--strategy", "mirrored",
+         "--cpu-devices", "2", "--epochs", "1", "--steps-per-epoch", "2", "--output", str(out)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mirrored x2: global batch 16" in done.stdout  # 2 replicas x batch 8
+    assert [r["epoch"] for r in _rows(out / "metrics.csv")] == ["1"]
+    keras_convnext.ConvNeXtV2(*TINY, include_top=False, weights=str(out / "encoder.weights.h5"))
