@@ -30,6 +30,7 @@ def _step_models(variant, size, patch):
     """{name: compiled model} for the three steps (each model's output trained towards 0)."""
     import keras
 
+    import keras_convnext
     from keras_convnext import fcmae
 
     pretrain = fcmae.for_variant(variant, image_size=size, patch_size=patch, seed=0)
@@ -46,7 +47,7 @@ def _step_models(variant, size, patch):
             mask = pretrain.sample_mask(keras.ops.shape(images)[0])
             return pretrain.encode(images, mask, training=training)
 
-    plain = fcmae.for_variant(variant, image_size=size, patch_size=patch, seed=0).encoder
+    plain = keras_convnext.build(variant, include_top=False, input_shape=(size, size, 3))
     models = {"fcmae": pretrain, "masked_encoder": MaskedEncoder(), "plain_encoder": plain}
     for name, model in models.items():
         model.compile(optimizer=keras.optimizers.AdamW(1e-4),
@@ -60,11 +61,8 @@ def measure(variant, size, patch, batch, steps, warmup):
 
     images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
     models = _step_models(variant, size, patch)
-    targets = {}
-    for name, model in models.items():
-        if name != "fcmae":
-            targets[name] = np.zeros(keras.ops.shape(model(images[:1]))[1:], "float32")[None]
-            targets[name] = np.repeat(targets[name], batch, axis=0)
+    targets = {name: np.zeros(tuple(model(images).shape), "float32")  # trained towards 0
+               for name, model in models.items() if name != "fcmae"}
 
     def step(entry):
         model = models[entry.name]

@@ -14,7 +14,7 @@ import json
 import os
 import typing
 
-from keras_convnext.architecture import ALL_VARIANTS, get_variant
+from keras_convnext.architecture import ALL_VARIANTS, ISOTROPIC, get_variant
 
 MIXED_PRECISION = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -319,7 +319,7 @@ def validate(c):
                 f"unknown model {c.model!r}; choose one of {', '.join(ALL_VARIANTS)}"
             ) from None
     _check(c.stem_patch_size == 4 or c.depths is not None
-           or get_variant(c.model).family != "isotropic",
+           or get_variant(c.model).family != ISOTROPIC,
            f"stem_patch_size={c.stem_patch_size} (the isotropic models' stem is fixed)")
     _check(c.drop_path is None or 0.0 <= c.drop_path < 1.0,
            f"drop_path={c.drop_path} (must be in [0, 1))")

@@ -378,7 +378,7 @@ def load(config):
                                      files=list(source.files) + list(held.files))
     if source.num_train is not None and source.num_train == 0:
         raise DataError(f"dataset {config.dataset} holds no training examples")
-    if getattr(config, "train_fraction", 1.0) < 1.0:
+    if config.train_fraction < 1.0:
         source = labeled_fraction(source, config.train_fraction)
     return with_channels(source, config.channels)
 
