@@ -16,6 +16,9 @@ layer                fast path
                      torch: ``conv2d`` on the caller's channels_last memory, bias fused, no layout
                      copies (``fast.torch_ops``). tensorflow: Keras' op
                      (``tf.nn.depthwise_conv2d``), already the fastest there.
+                     every backend: on a map smaller than the kernel's reach (7x7 on the 2x2
+                     and 1x1 maps of the last stages at 32-64 px) only the taps that can touch
+                     the map (``_taps_in_reach``; the others multiply zero padding).
 ``Dense``            torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
                      oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
                      GELU fused into the GEMM at inference (oneDNN post-op).
@@ -94,6 +97,28 @@ def _torch_fast():
     return _enabled and keras.backend.backend() == "torch" and not tracing_for_export()
 
 
+def _taps_in_reach(layer, inputs):
+    """``(rows, cols)`` of the kernel that can touch the map, or None when all can (or the
+    map's size is not static). With "same" padding, stride 1 and dilation 1, a tap ``d`` rows
+    from the centre reads only zero padding when ``|d| >= height``: a 7x7 kernel on a 2x2 map
+    has 3x3 useful taps, on a 1x1 map one. Dropping the others changes no number (their
+    products and gradients are exactly zero) and saves their work."""
+    if (layer.padding != "same" or tuple(layer.strides) != (1, 1)
+            or tuple(layer.dilation_rate) != (1, 1)):
+        return None
+    spatial = inputs.shape[2:4] if layer.data_format == "channels_first" else inputs.shape[1:3]
+    crops = []
+    for size, k in zip(spatial, layer.kernel.shape[:2]):
+        if not isinstance(size, int) or k % 2 == 0 or 2 * size - 1 >= k:
+            crops.append(slice(None))
+        else:
+            cut = (k - (2 * size - 1)) // 2
+            crops.append(slice(cut, k - cut))
+    if all(c == slice(None) for c in crops):
+        return None
+    return tuple(crops)
+
+
 def _fast_depthwise(layer, inputs):
     """The backend's fast depthwise conv (with bias), or None when there is none for ``layer``."""
     if not _enabled or layer.activation not in (None, keras.activations.linear):
@@ -101,15 +126,25 @@ def _fast_depthwise(layer, inputs):
     backend = keras.backend.backend()
     if backend == "torch" and tracing_for_export():
         return None
+    reach = _taps_in_reach(layer, inputs)
     if backend == "jax":
         from keras_convnext.fast import jax_ops as impl
     elif backend == "torch":
         from keras_convnext.fast import torch_ops as impl
+    elif reach is not None:
+        kernel = ops.cast(layer.kernel, inputs.dtype)[reach]
+        outputs = ops.depthwise_conv(inputs, kernel, 1, "same", layer.data_format, 1)
+        if layer.use_bias:
+            shape = (1, -1, 1, 1) if layer.data_format == "channels_first" else (-1,)
+            outputs = outputs + ops.reshape(ops.cast(layer.bias, inputs.dtype), shape)
+        return outputs
     else:
         return None
     if not impl.supported(layer.strides, layer.dilation_rate, layer.depth_multiplier):
         return None
     kernel = ops.cast(layer.kernel, inputs.dtype)
+    if reach is not None:
+        kernel = kernel[reach]
     bias = ops.cast(layer.bias, inputs.dtype) if layer.use_bias else None
     if backend == "torch":
         return impl.depthwise_conv2d(inputs, kernel, bias, layer.padding, layer.data_format)
@@ -168,11 +203,44 @@ def _plain_linear_layer(layer, allow_gelu=False):
     )
 
 
+def _torch_int8_gemm(layer, inputs, training):
+    """True where ``layer``, quantized by Keras' ``quantize("int8")`` (weights and inputs),
+    runs on torch's CPU int8 GEMM (``fast.torch_ops.int8_dense``): inference without autograd,
+    float32, no LoRA, not traced for export (which takes Keras' own int8 ops)."""
+    if (getattr(layer, "quantization_mode", None) != "int8" or training
+            or not _torch_fast() or getattr(layer, "lora_enabled", False)
+            or getattr(layer, "inputs_quantizer", None) is None
+            or keras.backend.standardize_dtype(inputs.dtype) != "float32"):
+        return False
+    import torch
+
+    from keras_convnext.fast import torch_ops
+
+    return (not torch.is_grad_enabled() and inputs.device.type == "cpu"
+            and torch_ops.int8_gemm_available())
+
+
+def _scaled_residual(outputs, residual, scale):
+    """``residual + scale * outputs`` (a block's end), or ``outputs`` without a residual."""
+    if residual is None:
+        return outputs
+    if scale is not None:
+        outputs = outputs * ops.cast(scale, outputs.dtype)
+    return residual + outputs
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Dense(keras.layers.Dense):
     """``keras.layers.Dense`` (same variables and config), with ``residual=``/``scale=`` for a
     block's end. On torch: oneDNN GEMMs with the bias inside (forward and input gradient in
     training), exact GELU fused into the GEMM at inference, and the block end as one GEMM."""
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras' own quantization (``model.quantize("int8")``, int4, float8...). Keras skips
+        subclasses of ``Dense`` unless ``type_check`` is off; this one computes exactly what
+        ``keras.layers.Dense`` computes (every fast path steps aside for a quantized layer, or
+        runs its int8 GEMM), so its quantized forms apply as they are."""
+        return super().quantize(mode, type_check=False, config=config)
 
     def call(self, inputs, training=None, residual=None, scale=None):
         """``dense(inputs)``; with ``residual`` (and a per-channel ``scale``, or None),
@@ -181,23 +249,38 @@ class Dense(keras.layers.Dense):
             fused = self._fused_scaled_residual(inputs, residual, scale)
             if fused is not None:
                 return fused
-        outputs = self._dense(inputs, training)
-        if residual is None:
-            return outputs
-        if scale is not None:
-            outputs = outputs * ops.cast(scale, outputs.dtype)
-        return residual + outputs
+        return _scaled_residual(self._dense(inputs, training), residual, scale)
+
+    def quantized_call(self, inputs, training=None, residual=None, scale=None):
+        """What Keras calls instead of ``call`` once the layer is quantized: on torch's CPU the
+        int8 GEMM (``_torch_int8_gemm``), elsewhere Keras' own quantized matmul."""
+        if _torch_int8_gemm(self, inputs, training):
+            from keras_convnext.fast import torch_ops
+
+            outputs = torch_ops.int8_dense(
+                self, inputs, self._kernel.value, self.kernel_scale.value,
+                self.bias.value if self.use_bias else None)
+            if self.activation is not None:
+                outputs = self.activation(outputs)
+        else:
+            outputs = self._keras_dense(super().quantized_call, inputs, training)
+        return _scaled_residual(outputs, residual, scale)
+
+    def _keras_dense(self, keras_call, inputs, training):
+        """Keras' own ``call``/``quantized_call``; on TensorFlow with its exact GELU taken out
+        and applied as ``gelu_erf``."""
+        if not _tensorflow_gelu(self):
+            return keras_call(inputs, training=training)
+        self.activation = None
+        try:
+            outputs = keras_call(inputs, training=training)
+        finally:
+            self.activation = _GELU
+        return gelu_erf(outputs)
 
     def _dense(self, inputs, training):
-        if _tensorflow_gelu(self):
-            self.activation = None  # Keras' own matmul (float, int8 or LoRA), then erf's GELU
-            try:
-                outputs = super().call(inputs, training=training)
-            finally:
-                self.activation = _GELU
-            return gelu_erf(outputs)
         if not _plain_linear_layer(self, allow_gelu=True):
-            return super().call(inputs, training=training)
+            return self._keras_dense(super().call, inputs, training)
         from keras_convnext.fast import torch_ops
 
         kernel = ops.cast(self.kernel, inputs.dtype)

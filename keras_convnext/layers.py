@@ -158,6 +158,23 @@ class GRN(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon, "data_format": self.data_format}
 
 
+def _sublayer_quantization(layer, sublayers):
+    """``{"dtype": ...}`` for ``layer``'s config once ``model.quantize`` has quantized some of
+    its ``sublayers`` (which the layer creates itself, with its own dtype policy): a
+    ``DTypePolicyMap`` with the layer's policy as default and each quantized sublayer's policy
+    under ``.*/<name>``, so that a loaded layer builds them quantized (Keras-hub's way); {}
+    when nothing is quantized or the policy is already such a map."""
+    if isinstance(layer._dtype_policy, keras.dtype_policies.DTypePolicyMap):
+        return {}
+    quantized = [sub for sub in sublayers if sub.quantization_mode is not None]
+    if not quantized:
+        return {}
+    policies = keras.dtype_policies.DTypePolicyMap(default_policy=layer.dtype_policy)
+    for sub in quantized:
+        policies[f".*/{sub.name}"] = sub.dtype_policy
+    return {"dtype": keras.dtype_policies.serialize(policies)}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ConvNeXtBlock(keras.layers.Layer):
     """The ConvNeXt block: 7x7 depthwise conv -> LayerNorm -> 1x1 (4x expansion) -> GELU ->
@@ -281,6 +298,7 @@ class ConvNeXtBlock(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
+            **_sublayer_quantization(self, (self.pwconv1, self.pwconv2)),
             "dim": self.dim,
             "kernel_size": self.kernel_size,
             "mlp_ratio": self.mlp_ratio,

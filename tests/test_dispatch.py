@@ -133,6 +133,48 @@ def test_fast_depthwise_matches_keras_forward_and_gradients(kernel_size, padding
     assert len(fast_results[2]) == 2  # kernel, bias
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (4, 4)])
+def test_depthwise_on_maps_smaller_than_its_kernel_matches_keras(height, width, data_format, rng):
+    """ConvNeXt's last stages at small inputs: a 7x7 kernel on a 2x2 map. The taps that can
+    only reach zero padding are skipped on every backend; values and all gradients (zero for
+    the skipped taps) stay the plain layer's."""
+    channels = 4
+    kwargs = dict(kernel_size=7, padding="same", data_format=data_format,
+                  depthwise_initializer="zeros")
+    ours, plain = dispatch.depthwise_conv_layer(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
+    shape = ((2, channels, height, width) if data_format == "channels_first"
+             else (2, height, width, channels))
+    for layer in (ours, plain):
+        layer.build(shape)
+    weights = [rng.standard_normal(w.shape).astype("float32") for w in ours.weights]
+    ours.set_weights(weights)
+    plain.set_weights(weights)
+    x = rng.standard_normal(shape).astype("float32")
+    upstream = rng.standard_normal(shape).astype("float32")
+    with dispatch.fast_paths(True):
+        fast_results = _value_and_grads(ours, x, upstream)
+    _assert_same_values_and_grads(fast_results, _value_and_grads(plain, x, upstream))
+    kernel_grad = fast_results[2][0]
+    rows, cols = min(7, 2 * height - 1), min(7, 2 * width - 1)
+    r0, c0 = (7 - rows) // 2, (7 - cols) // 2
+    outside = np.ones(kernel_grad.shape, bool)
+    outside[r0:r0 + rows, c0:c0 + cols] = False
+    assert np.all(kernel_grad[outside] == 0)
+
+
+def test_taps_in_reach_crops_only_static_small_maps():
+    layer = dispatch.depthwise_conv_layer(kernel_size=7, padding="same")
+    layer.build((None, 8, 8, 3))
+    reach = dispatch._taps_in_reach
+    assert reach(layer, keras.KerasTensor((None, 2, 1, 3))) == (slice(2, 5), slice(3, 4))
+    assert reach(layer, keras.KerasTensor((None, 4, 4, 3))) is None  # every tap reaches
+    assert reach(layer, keras.KerasTensor((None, None, None, 3))) is None  # size not static
+    valid = dispatch.depthwise_conv_layer(kernel_size=7, padding="valid")
+    valid.build((None, 8, 8, 3))
+    assert reach(valid, keras.KerasTensor((None, 8, 8, 3))) is None
+
+
 def test_fast_depthwise_bfloat16_is_close_to_keras(rng):
     ours, plain = _layers(7, "same", "channels_last", 8, rng, dtype="bfloat16")
     x = keras.ops.cast(_input("channels_last", 8, rng), "bfloat16")
@@ -296,3 +338,60 @@ def test_v2_block_fast_paths_give_the_plain_values_and_gradients(rng):
             y_plain = keras.ops.convert_to_numpy(block(x, training=False))
         y_fast = keras.ops.convert_to_numpy(block(x, training=False))
     np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-5)
+
+
+def _quantized_pair(activation, rng, inputs=24, units=16):
+    """Ours and keras.layers.Dense with identical random weights, both ``quantize("int8")``."""
+    layers = []
+    for cls in (dispatch.Dense, keras.layers.Dense):
+        layer = cls(units, activation=activation, kernel_initializer="zeros")
+        layer.build((None, inputs))
+        layers.append(layer)
+    weights = [rng.standard_normal(w.shape).astype("float32") for w in layers[0].weights]
+    for layer in layers:
+        layer.set_weights(weights)
+        layer.quantize("int8")
+    return layers
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_int8_dense_is_keras_int8_and_close_to_float(activation, rng):
+    """``quantize("int8")`` reaches our Dense (Keras skips subclasses unless told), and the
+    quantized layer gives Keras' int8 numbers: exactly where Keras' own int8 matmul runs, and
+    to int8 rounding where torch's CPU int8 GEMM does (it quantizes inputs per tensor)."""
+    ours, plain = _quantized_pair(activation, rng)
+    assert ours.quantization_mode == "int8" and ours._kernel.dtype == "int8"
+    x = rng.standard_normal((3, 5, 24)).astype("float32")
+    with _inference():
+        with dispatch.fast_paths(False):
+            keras_int8 = keras.ops.convert_to_numpy(ours(x))
+        fast = keras.ops.convert_to_numpy(ours(x))
+        reference = keras.ops.convert_to_numpy(plain(x))
+    scale = np.abs(reference).max()
+    # TensorFlow: our GELU is erf's, Keras' erfc's (float32 rounding apart).
+    np.testing.assert_allclose(keras_int8, reference, rtol=1e-5, atol=1e-6 * scale)
+    if BACKEND == "torch":
+        assert 0 < np.abs(fast - reference).max() < 0.03 * scale  # a different int8 product
+    else:
+        np.testing.assert_array_equal(fast, keras_int8)
+
+
+def test_int8_dense_block_end_and_new_weights(rng):
+    """The quantized block end (``residual + scale * dense(x)``) and a quantized layer whose
+    weights are then replaced (``load_weights``): the int8 GEMM's packed weights follow."""
+    ours, plain = _quantized_pair(None, rng)
+    x = rng.standard_normal((4, 24)).astype("float32")
+    residual = rng.standard_normal((4, 16)).astype("float32")
+    scale = rng.standard_normal(16).astype("float32")
+    with _inference():
+        ours(x)  # packs the first weights
+        new = [rng.standard_normal(w.shape).astype(w.dtype) for w in plain.weights]
+        new = [np.clip(w, -127, 127).round().astype(w.dtype) if w.dtype == "int8" else w
+               for w in new]
+        ours.set_weights(new)
+        plain.set_weights(new)
+        expected = residual + scale * keras.ops.convert_to_numpy(plain(x))
+        got = keras.ops.convert_to_numpy(ours(x, residual=residual, scale=scale))
+    np.testing.assert_allclose(got, expected, atol=0.03 * np.abs(expected).max())
+    if BACKEND != "torch":
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -163,6 +163,8 @@ def test_int8_quantize_of_a_loaded_model_with_fast_paths_round_trips(tmp_path):
     images = ex.sample_images(model, count=2)
     reference = keras.ops.convert_to_numpy(model(images, training=False))
     model.quantize("int8")
+    pointwise = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dense)]
+    assert len(pointwise) == 9 and all(layer.quantization_mode == "int8" for layer in pointwise)
     quantized = keras.ops.convert_to_numpy(model(images, training=False))
     assert 0 < ex.relative_error(quantized, reference) < 0.05
     model.save(str(tmp_path / "q.keras"))
@@ -171,3 +173,8 @@ def test_int8_quantize_of_a_loaded_model_with_fast_paths_round_trips(tmp_path):
                                quantized, rtol=1e-5, atol=1e-6)
     with pytest.raises(ex.ExportError, match="cannot take a model quantized"):
         ex.export_model(loaded, "openvino", str(tmp_path / "q.xml"))
+    for fmt in ("onnx", "saved_model", "torch"):  # the formats that hold Keras' int8 ops
+        if ex.writable(fmt):
+            path = str(tmp_path / ex.file_name(fmt))
+            ex.export_model(loaded, fmt, path)
+            assert max(ex.check(loaded, path, fmt, images).values()) < ex.TOLERANCE

@@ -9,6 +9,9 @@ channels_last output permuted back to NHWC is again contiguous. So the convoluti
 caller's memory with no copy in or out, and the bias is fused into ``conv2d``.
 """
 
+import warnings
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -130,6 +133,43 @@ def dense_scale_add(inputs, kernel, bias, scale, residual):
     bias = bias.to(dtype) if bias is not None else None
     return torch.ops.mkldnn._linear_pointwise.binary(
         inputs.contiguous(), residual.to(dtype).contiguous(), weight, bias, "add")
+
+
+_INT8_PACKED = weakref.WeakKeyDictionary()  # layer -> (the variables' identity, packed weight)
+
+
+def int8_gemm_available():
+    """Whether this torch build has the CPU int8 GEMM ``int8_dense`` runs on (fbgemm's dynamic
+    quantized linear, the kernel of ``torch.ao``'s dynamic quantization)."""
+    return (torch.backends.quantized.engine in ("x86", "fbgemm")
+            and hasattr(torch.ops.quantized, "linear_dynamic"))
+
+
+def int8_dense(owner, inputs, kernel, kernel_scale, bias):
+    """``inputs @ (kernel / kernel_scale) + bias`` with Keras' int8 weights (``kernel`` (in,
+    out) int8, one ``kernel_scale`` per output) on fbgemm's int8 GEMM, inference only.
+
+    Keras' own int8 ``Dense`` quantizes each input row on every call and multiplies int8 by
+    int8 through the generic ``matmul``, which on a CPU runs as an int32 matmul: slower than
+    float32. fbgemm quantizes the input per tensor (asymmetric, 7-bit range on x86 so that its
+    u8 x s8 pair sums cannot saturate) and multiplies with vectorized int8 dot products. The
+    weights are Keras' exactly (packed once per layer, again when a variable changes); the
+    input quantization differs, so outputs agree with Keras' int8 to int8 rounding, not bit
+    for bit."""
+    key = tuple((t.data_ptr(), t._version) for t in (kernel, kernel_scale, bias)
+                if t is not None)
+    cached = _INT8_PACKED.get(owner)
+    if cached is None or cached[0] != key:
+        units = kernel.shape[1]
+        with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated
+            warnings.simplefilter("ignore")
+            weight = torch._make_per_channel_quantized_tensor(
+                kernel.t().contiguous(), (1.0 / kernel_scale.reshape(-1)).double(),
+                torch.zeros(units, dtype=torch.long), 0)
+            packed = torch.ops.quantized.linear_prepack(
+                weight, None if bias is None else bias.float())
+        cached = _INT8_PACKED[owner] = (key, packed)
+    return torch.ops.quantized.linear_dynamic(inputs.float().contiguous(), cached[1], True)
 
 
 def _onednn_eager(dtype):
