@@ -5,7 +5,7 @@
 
 The run folder is one that ``training.train`` wrote (``model.keras``, ``config.json``). Every
 variant is evaluated on the same images, through the evaluation transform (resize to the run's
-size, float 0-255): the Keras fp32 model, the Keras int8 model (pointwise convs and head int8,
+size, float 0-255): the Keras fp32 model, the Keras int8 model (every Dense layer int8: the pointwise convs and head;
 the rest fp32), and, where ``ai-edge-litert`` is installed, LiteRT fp32 and LiteRT full-integer
 int8 (calibrated on ``--calibration`` training images). Reports accuracy and agreement with fp32.
 """
@@ -56,6 +56,10 @@ def measure(run_dir, calibration=200, limit=None, out_dir=None):
     fp32 = keras.models.load_model(model_path)
     int8 = keras.models.load_model(model_path)
     int8.quantize("int8")
+    dense = [layer for layer in int8._flatten_layers() if isinstance(layer, keras.layers.Dense)]
+    int8_layers = sum(layer.quantization_mode == "int8" for layer in dense)
+    if int8_layers != len(dense):
+        raise SystemExit(f"model.quantize('int8') quantized {int8_layers} of {len(dense)} Dense layers")
     outputs = {"keras fp32": fp32.predict(images, batch_size=256, verbose=0),
                "keras int8": int8.predict(images, batch_size=256, verbose=0)}
     if ex.writable("litert"):
@@ -73,7 +77,8 @@ def measure(run_dir, calibration=200, limit=None, out_dir=None):
     return {"run": run_dir, "dataset": config.dataset, "model": config.model,
             "image_size": config.image_size, "images": int(len(labels)),
             "split": "test" if source.test is not None else "held-out",
-            "backend": keras.backend.backend(), "results": rows, "cpu": harness.cpu_name()}
+            "backend": keras.backend.backend(), "int8_dense_layers": int8_layers,
+            "results": rows, "cpu": harness.cpu_name()}
 
 
 def main(argv=None):
@@ -86,7 +91,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     report = measure(args.run, args.calibration, args.limit)
     print(f"{report['dataset']} {report['model']} {report['image_size']} px, {report['images']} "
-          f"{report['split']} images ({report['backend']}):")
+          f"{report['split']} images ({report['backend']}; keras int8: "
+          f"{report['int8_dense_layers']} Dense layers int8):")
     for name, row in report["results"].items():
         print(f"  {name:>12}: accuracy {row['accuracy']:.2%}, "
               f"top-1 agreement with fp32 {row['agreement_with_fp32']:.2%}")

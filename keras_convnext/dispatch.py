@@ -22,6 +22,10 @@ layer                fast path
 ``Dense``            torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
                      oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
                      GELU fused into the GEMM at inference (oneDNN post-op).
+``Dense`` (int8)     torch, after ``model.quantize("int8")``, at inference: fbgemm's int8 GEMM
+                     (``fast.torch_ops.int8_dense``) instead of Keras' int8 ``matmul`` (an int32
+                     matmul on CPU). Inputs quantized per tensor (Keras: per row): equal to int8
+                     rounding, not bit for bit.
 ``Dense`` (GELU)     tensorflow: exact GELU through ``erf`` (``gelu_erf``), not ``erfc``: always (not a
                      fast path; tf2onnx has no ``Erfc``).
 ``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.

@@ -90,6 +90,7 @@ def test_int8_accuracy_evaluates_every_variant_of_a_trained_run(tmp_path):
                          "output": str(out)}), log=lambda m: None)
     report = int8_accuracy.main([str(out), "--limit", "24", "--calibration", "8"])
     assert report["images"] == 24 and report["split"] == "held-out"
+    assert report["int8_dense_layers"] == 9  # 4 blocks x 2 pointwise convs + the head
     names = {"keras fp32", "keras int8", "litert fp32", "litert int8"}
     assert set(report["results"]) == names
     assert report["results"]["keras fp32"]["agreement_with_fp32"] == 1.0
