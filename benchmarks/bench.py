@@ -144,7 +144,10 @@ def bf16_model(args, source=None, classifier_activation="softmax"):
     return model
 
 
-def timm_entry(args):
+def timm_entry(args, bf16=False):
+    """timm's model of the variant; with ``bf16``, run under ``torch.autocast("cpu",
+    torch.bfloat16)`` (timm's own mixed precision: bf16 GEMMs/convs, fp32 weights and
+    optimizer), the peer of our ``mixed_bfloat16`` policy."""
     import numpy as np
     import torch
 
@@ -159,22 +162,28 @@ def timm_entry(args):
     optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    def precision():
+        if bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def to_nchw(images):
         return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
     def infer(images):
-        with torch.inference_mode():
-            return infer_model(to_nchw(images)).numpy()
+        with torch.inference_mode(), precision():
+            return infer_model(to_nchw(images)).float().numpy()
 
     def train(images, labels):
         x = to_nchw(images).contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(train_model(x), torch.from_numpy(labels).long())
+        with precision():
+            loss = loss_fn(train_model(x), torch.from_numpy(labels).long())
         loss.backward()
         optimizer.step()
         return float(loss)
 
-    return Entry("timm", infer, train)
+    return Entry("timm_bf16" if bf16 else "timm", infer, train)
 
 
 # ------------------------------------------------------------------------------------ timing
@@ -193,6 +202,8 @@ def ratios(results):
         out["ours_int8/ours"] = round(results["ours_int8"]["img_s"] / results["ours"]["img_s"], 3)
     if "ours" in results and "ours_bf16" in results:
         out["ours_bf16/ours"] = round(results["ours_bf16"]["img_s"] / results["ours"]["img_s"], 3)
+    if "timm" in results and "timm_bf16" in results:
+        out["timm_bf16/timm"] = round(results["timm_bf16"]["img_s"] / results["timm"]["img_s"], 3)
     return out
 
 
@@ -343,11 +354,12 @@ def run_backend(args):
 
     keras.utils.set_random_seed(0)
     entries = keras_entries(args, names)
-    if "timm" in names and backend == "torch":
-        timm = timm_entry(args)
-        if timm is not None:
-            entries.append(timm)
-        report["timm"] = timm is not None
+    for name, bf16 in (("timm", False), ("timm_bf16", True)):
+        if name in names and backend == "torch":
+            timm = timm_entry(args, bf16=bf16)
+            if timm is not None:
+                entries.append(timm)
+            report[name] = timm is not None
 
     if "inference" in args.what:
         res = interleaved(entries, lambda e: e.infer(images), args.steps, args.warmup)
@@ -428,7 +440,8 @@ def parse_args(argv=None):
                    help="ours, ours_plain (fast paths off), ours_v1 (a V2 variant's V1 of the "
                         "same size), keras (keras.applications; its V1 for a V2 variant), "
                         "timm (torch only, when importable), ours_bf16 and keras_bf16 (the "
-                        "mixed_bfloat16 policy: bf16 compute, fp32 variables)")
+                        "mixed_bfloat16 policy: bf16 compute, fp32 variables), timm_bf16 "
+                        "(timm under torch.autocast bfloat16)")
     p.add_argument("--warmup", type=int, default=2, help="inference rounds dropped")
     p.add_argument("--steps", type=int, default=7, help="inference rounds measured")
     p.add_argument("--train-warmup", type=int, default=1)

@@ -229,6 +229,7 @@ def functional_model(
     include_preprocessing=True,
     drop_path_rate=0.0,
     seed=None,
+    remat=False,
     name=None,
 ):
     """input -> preprocessing -> ``stem`` -> stages -> head, as a ``keras.Model``.
@@ -238,8 +239,13 @@ def functional_model(
     name=)`` builds block ``block`` of ``stage`` under its architecture name. Block seeds are
     ``seed + index`` over the whole network, so stochastic depth is reproducible per block.
     The other arguments are the model options every constructor takes (``ConvNeXt``'s).
+    ``remat=True`` makes every block recompute its inside in the backward pass (``keras.remat``;
+    ``ConvNeXtBlock(remat=True)``): training keeps only each block's input (less activation
+    memory, about one more forward pass of time); the weights are unchanged.
     """
     validate_options(include_top, pooling, classes, drop_path_rate)
+    if not isinstance(remat, bool):
+        raise ValueError(f"remat must be True or False, got {remat!r}")
     data_format = keras.config.image_data_format()
     inputs, user_tensor = make_input(input_tensor, input_shape, data_format, min_size)
     x = inputs
@@ -259,6 +265,7 @@ def functional_model(
                 seed=None if seed is None else seed + index,
                 data_format=data_format,
                 name=block_name(stage, j),
+                **({"remat": True} if remat else {}),
             )
             index += 1
     x = classification_head(

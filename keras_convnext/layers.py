@@ -196,11 +196,13 @@ class ConvNeXtBlock(keras.layers.Layer):
         seed=None,
         data_format=None,
         use_grn=False,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.use_grn = bool(use_grn)
+        self.remat = bool(remat)
         self.kernel_size = int(kernel_size)
         self.mlp_ratio = mlp_ratio
         self.layer_scale_init_value = layer_scale_init_value
@@ -263,7 +265,17 @@ class ConvNeXtBlock(keras.layers.Layer):
         shaped like ``inputs`` with one channel, 1 at visible positions; ``inputs`` must be
         zero elsewhere. The depthwise conv's output and the GRN's input are zeroed at masked
         positions (so GRN's norms sum over visible positions only) and so is the block's
-        output: visible outputs then never depend on masked ones, as in the sparse original."""
+        output: visible outputs then never depend on masked ones, as in the sparse original.
+
+        With ``remat`` (training only), the block's inside is recomputed in the backward pass
+        (``keras.remat``) instead of kept: only its input stays in memory."""
+        if self.remat and training:
+            if visible is None:
+                return keras.remat(lambda x: self._forward(x, training, None))(inputs)
+            return keras.remat(lambda x, v: self._forward(x, training, v))(inputs, visible)
+        return self._forward(inputs, training, visible)
+
+    def _forward(self, inputs, training, visible):
         x = self.dwconv(inputs)
         if visible is not None:
             x = x * ops.cast(visible, x.dtype)
@@ -307,6 +319,7 @@ class ConvNeXtBlock(keras.layers.Layer):
             "seed": self.seed,
             "data_format": self.data_format,
             "use_grn": self.use_grn,
+            "remat": self.remat,
         }
 
 

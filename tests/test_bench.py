@@ -62,6 +62,19 @@ def test_bench_times_the_models_it_names_and_writes_json(tmp_path):
         assert "ours/ours_plain" in report[what]["ratios"]
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="timm is a PyTorch library")
+def test_bench_times_timm_in_fp32_and_under_bf16_autocast(tmp_path):
+    out = tmp_path / "report.json"
+    assert bench.main(["--variant", "atto", "--size", "32", "--batch", "2",
+                       "--models", "timm,timm_bf16", "--steps", "1", "--warmup", "0",
+                       "--train-steps", "1", "--train-warmup", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["timm"] and report["timm_bf16"]
+    for what in ("inference", "train"):
+        assert set(report[what]["results"]) == {"timm", "timm_bf16"}
+        assert "timm_bf16/timm" in report[what]["ratios"]
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="the harness is the same on every backend (the "
                     "benchmark runs each); runs in the torch pass, where tracing is cheapest")
 def test_fcmae_speed_times_pretraining_and_both_encoders(tmp_path):

@@ -142,6 +142,7 @@ def test_input_tensor_is_used_as_the_model_input(rng):
         ({"layer_scale_init_value": -1.0}, "layer_scale_init_value"),
         ({"weights": 3}, "weights"),
         ({"depths": (1, 1, 1)}, "4 entries"),
+        ({"remat": "yes"}, "remat must be True or False"),
     ],
 )
 def test_bad_arguments_are_a_clear_value_error(kwargs, message):
@@ -301,3 +302,32 @@ def test_a_small_image_stem_halves_every_stride_and_round_trips(tmp_path):
                                 input_shape=(8, 8, 3))
     with pytest.raises(ValueError, match="stem_patch_size must be a positive integer"):
         keras_convnext.ConvNeXt((1, 1, 1, 1), (8, 16, 24, 32), stem_patch_size=0)
+
+
+def test_remat_trains_to_the_same_weights_and_saves_the_same_model(tmp_path, rng):
+    """``remat=True`` recomputes each block in the backward pass: one training step gives the
+    weights of the plain model, and the saved model is the same (remat is not a weight)."""
+    def make(remat):
+        keras.utils.set_random_seed(0)
+        model = ConvNeXt((1, 1, 1, 1), (8, 16, 16, 24), input_shape=(32, 32, 3), classes=4,
+                         layer_scale_init_value=0.5, remat=remat)
+        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+        return model
+
+    plain, remat = make(False), make(True)
+    assert remat.get_layer("stage_0_block_0").remat and not plain.get_layer("stage_0_block_0").remat
+    remat.set_weights(plain.get_weights())
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.arange(4) % 4
+    plain.train_on_batch(x, y)
+    remat.train_on_batch(x, y)
+    moved = [np.abs(a - b).max() for a, b in zip(plain.get_weights(), make(False).get_weights())]
+    assert max(moved) > 1e-3  # the step changed the weights
+    for a, b in zip(plain.get_weights(), remat.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    path = str(tmp_path / "remat.keras")
+    remat.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("stage_3_block_0").remat
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(remat(x)), rtol=1e-5, atol=1e-6)

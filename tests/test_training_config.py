@@ -91,3 +91,14 @@ def test_stem_patch_size_is_checked_against_the_image_size_and_the_family():
         make_config({}, {"model": "isotropic_small", "stem_patch_size": 2})
     with pytest.raises(ConfigError, match="stem_patch_size=0"):
         make_config({}, {"stem_patch_size": 0})
+
+
+def test_remat_reaches_every_block_of_the_trained_model():
+    from training.train import model_builder
+
+    config = make_config({}, {"model": "atto", "image_size": 32, "remat": True})
+    model = model_builder(config, 10)()
+    blocks = [layer for layer in model.layers if "_block_" in layer.name]
+    assert len(blocks) == 12 and all(block.remat for block in blocks)
+    plain = model_builder(make_config({}, {"image_size": 32}), 10)()
+    assert not any(layer.remat for layer in plain.layers if "_block_" in layer.name)

@@ -62,6 +62,7 @@ class Config:
     drop_path: typing.Optional[float] = None  # stochastic depth; None: the variant's paper value
     layer_scale_init: typing.Optional[float] = None  # None: the variant's (1e-6; V2: none)
     stem_patch_size: int = 4  # the patchify stem's stride; 2 for small images (V1/V2 only)
+    remat: bool = False  # recompute each block in the backward pass: less memory, more time
     weights: typing.Optional[str] = None  # fine-tune from a .keras / .weights.h5 / run folder
     # --- optimization
     epochs: int = 300  # total epochs of the run (a rerun resumes)

@@ -81,6 +81,8 @@ def model_builder(config, num_classes):
         common["layer_scale_init_value"] = config.layer_scale_init or None
     if config.stem_patch_size != 4:
         common["stem_patch_size"] = config.stem_patch_size
+    if config.remat:
+        common["remat"] = True
 
     def build():
         if config.depths is not None:

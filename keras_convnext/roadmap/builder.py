@@ -96,6 +96,9 @@ def build_from_config(
         common.update(kernel_size=config.kernel_size, layer_scale_init_value=layer_scale_init_value)
         if config.is_convnext_block(channels[0], out, strides):
             x = ConvNeXtBlock(out, mlp_ratio=hidden // out, **common)(x)
+        elif common.pop("remat", False):
+            raise ValueError(f"remat applies to ConvNeXt blocks; stage {stage} block {j} of "
+                             "this roadmap model is a ResNet-style block")
         else:
             x = RoadmapBlock(
                 channels[0], out, hidden, strides=strides, depthwise=config.depthwise,
