@@ -109,3 +109,22 @@ def test_int8_accuracy_evaluates_every_variant_of_a_trained_run(tmp_path):
     assert report["results"]["keras fp32"]["agreement_with_fp32"] == 1.0
     assert report["results"]["litert fp32"]["agreement_with_fp32"] == 1.0  # same float model
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["results"].values())
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="one process per point on the current backend; "
+                    "runs in the torch pass, with timm beside ours")
+def test_scaling_measures_each_point_in_its_own_process_and_plots(tmp_path):
+    import scaling
+
+    out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    assert scaling.main(["--backends", "torch", "--variant", "atto", "--batches", "1,2",
+                         "--sizes", "32", "--steps", "1", "--gemm-repeats", "1",
+                         "--json", str(out), "--plot", str(png)]) == 0
+    points = json.loads(out.read_text())["points"]
+    assert sorted((p["model"], p["batch"]) for p in points) == [
+        ("ours", 1), ("ours", 2), ("timm", 1), ("timm", 2)]
+    for p in points:
+        assert p["backend"] == "torch" and p["size"] == 32 and p["img_s"] > 0
+        assert 0 < p["gemm_fraction"] < 1  # a whole model is slower than its GEMMs alone
+        assert p["peak_rss_mib"] > 0 and p["peak_mib_per_image"] >= 0
+    assert png.stat().st_size > 10_000
