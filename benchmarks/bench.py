@@ -181,7 +181,7 @@ def timm_entry(args, bf16=False):
             loss = loss_fn(train_model(x), torch.from_numpy(labels).long())
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return Entry("timm_bf16" if bf16 else "timm", infer, train)
 
