@@ -144,10 +144,11 @@ def bf16_model(args, source=None, classifier_activation="softmax"):
     return model
 
 
-def timm_entry(args, bf16=False):
+def timm_entry(args, bf16=False, train=True):
     """timm's model of the variant; with ``bf16``, run under ``torch.autocast("cpu",
     torch.bfloat16)`` (timm's own mixed precision: bf16 GEMMs/convs, fp32 weights and
-    optimizer), the peer of our ``mixed_bfloat16`` policy."""
+    optimizer), the peer of our ``mixed_bfloat16`` policy. ``train=False``: inference only
+    (no training copy of the model or optimizer in memory)."""
     import numpy as np
     import torch
 
@@ -158,9 +159,6 @@ def timm_entry(args, bf16=False):
 
     name = get_variant(args.variant).model_name  # convnext_tiny, convnextv2_tiny
     infer_model = timm.create_model(name).eval()
-    train_model = timm.create_model(name).train().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4, weight_decay=0.05)
-    loss_fn = torch.nn.CrossEntropyLoss()
 
     def precision():
         if bf16:
@@ -174,7 +172,14 @@ def timm_entry(args, bf16=False):
         with torch.inference_mode(), precision():
             return infer_model(to_nchw(images)).float().numpy()
 
-    def train(images, labels):
+    entry_name = "timm_bf16" if bf16 else "timm"
+    if not train:
+        return Entry(entry_name, infer, None)
+    train_model = timm.create_model(name).train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step(images, labels):
         x = to_nchw(images).contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with precision():
@@ -183,7 +188,7 @@ def timm_entry(args, bf16=False):
         optimizer.step()
         return float(loss.detach())
 
-    return Entry("timm_bf16" if bf16 else "timm", infer, train)
+    return Entry(entry_name, infer, train_step)
 
 
 # ------------------------------------------------------------------------------------ timing

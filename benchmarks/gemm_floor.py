@@ -16,6 +16,7 @@ weight gradient.
 
 import argparse
 import collections
+import functools
 import json
 import os
 import sys
@@ -101,10 +102,7 @@ def gemm_floor(variant="tiny", batch=8, size=224, dtype="float32", repeats=7):
 
     spec = get_variant(variant)
     shapes, stem = gemm_shapes(spec.depths, spec.dims, batch, size)
-    timer = _matmul_timer(dtype)
-
-    def time_gemm(m, k, n):
-        return timer(m, k, n, repeats=repeats)
+    time_gemm = functools.partial(_matmul_timer(dtype), repeats=repeats)
     cache = {}
 
     def total(gemms):

@@ -27,7 +27,8 @@ for _path in (REPO, HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from harness import ALL_BACKENDS, cpu_name, import_timm, load_average, run_in_backend  # noqa: E402
+import bench  # noqa: E402  (benchmarks/bench.py: timm's entry)
+from harness import ALL_BACKENDS, cpu_name, load_average, run_in_backend  # noqa: E402
 
 
 def _rss_mib():
@@ -44,22 +45,10 @@ def _ours(variant, size):
 
 
 def _timm(variant, size):
-    import numpy as np
-    import torch
-
-    from keras_convnext.architecture import get_variant
-
-    timm = import_timm()
-    if timm is None:
+    entry = bench.timm_entry(argparse.Namespace(variant=variant), train=False)
+    if entry is None:
         raise SystemExit("timm is not importable")
-    model = timm.create_model(get_variant(variant).model_name).eval()
-
-    def infer(images):
-        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-        with torch.inference_mode():
-            return model(x).numpy()
-
-    return infer
+    return entry.infer
 
 
 def measure_point(model, variant, batch, size, steps, gemm_repeats):

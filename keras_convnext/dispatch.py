@@ -131,20 +131,15 @@ def _fast_depthwise(layer, inputs):
     if backend == "torch" and tracing_for_export():
         return None
     reach = _taps_in_reach(layer, inputs)
+    impl = None  # tensorflow: Keras' own op, on the taps in reach
     if backend == "jax":
         from keras_convnext.fast import jax_ops as impl
     elif backend == "torch":
         from keras_convnext.fast import torch_ops as impl
-    elif reach is not None:
-        kernel = ops.cast(layer.kernel, inputs.dtype)[reach]
-        outputs = ops.depthwise_conv(inputs, kernel, 1, "same", layer.data_format, 1)
-        if layer.use_bias:
-            shape = (1, -1, 1, 1) if layer.data_format == "channels_first" else (-1,)
-            outputs = outputs + ops.reshape(ops.cast(layer.bias, inputs.dtype), shape)
-        return outputs
-    else:
+    elif reach is None:
         return None
-    if not impl.supported(layer.strides, layer.dilation_rate, layer.depth_multiplier):
+    if impl is not None and not impl.supported(
+            layer.strides, layer.dilation_rate, layer.depth_multiplier):
         return None
     kernel = ops.cast(layer.kernel, inputs.dtype)
     if reach is not None:
@@ -152,7 +147,10 @@ def _fast_depthwise(layer, inputs):
     bias = ops.cast(layer.bias, inputs.dtype) if layer.use_bias else None
     if backend == "torch":
         return impl.depthwise_conv2d(inputs, kernel, bias, layer.padding, layer.data_format)
-    outputs = impl.depthwise_conv2d(inputs, kernel, layer.padding, layer.data_format)
+    if impl is None:  # reach implies "same" padding, stride 1 and dilation 1
+        outputs = ops.depthwise_conv(inputs, kernel, 1, "same", layer.data_format, 1)
+    else:
+        outputs = impl.depthwise_conv2d(inputs, kernel, layer.padding, layer.data_format)
     if bias is not None:
         shape = (1, -1, 1, 1) if layer.data_format == "channels_first" else (-1,)
         outputs = outputs + ops.reshape(bias, shape)

@@ -31,6 +31,7 @@ Command line: ``python -m keras_convnext.export MODEL --format onnx,litert --out
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -351,7 +352,8 @@ def check(model, path, fmt, images, tolerance=TOLERANCE):
     above ``tolerance``."""
     images = np.asarray(images, dtype="float32")
     # A quantized model exports Keras' own int8 arithmetic, not torch's int8 GEMM fast path.
-    with dispatch.fast_paths(not _keras_quantized(model)):
+    quantized = _keras_quantized(model)
+    with dispatch.fast_paths(False) if quantized else contextlib.nullcontext():
         reference = keras.ops.convert_to_numpy(model(images, training=False))
     errors = {"serving_default": relative_error(load(path, fmt)(images), reference)}
     has_uint8 = FORMATS[fmt].uint8 and (fmt != "litert" or tolerance <= TOLERANCE)

@@ -75,7 +75,8 @@ def ConvNeXt(
         drop_path_rate: stochastic depth of the last block; rates rise linearly from 0.
         seed: seed of the stochastic depth layers' random generators.
         remat: recompute each block's activations in the backward pass instead of keeping
-            them (Keras' ``RematScope``): less training memory for more time.
+            them (``keras.remat`` around each ``ConvNeXtBlock``): less training memory for
+            more time.
 
     Returns:
         A ``keras.Model``. Use ``keras_convnext.feature_extractor(model)`` for the four stage
