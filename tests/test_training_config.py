@@ -47,6 +47,15 @@ def test_flags_cover_the_issue_names():
         "tfds:mnist:train", "/d", "nano", 64, 16, "mirrored")
 
 
+def test_list_flags_take_spaces_or_commas():
+    spaced = parse_args(["--depths", "2", "2", "6", "2", "--dims", "24", "48", "96", "192"])
+    commas = parse_args(["--depths", "2,2,6,2", "--dims", "24,48,96,192"])
+    assert (spaced.depths, spaced.dims) == (commas.depths, commas.dims) == (
+        (2, 2, 6, 2), (24, 48, 96, 192))
+    with pytest.raises(ConfigError, match="depths=.* is not a valid list of int"):
+        parse_args(["--depths", "2,2,x,2", "--dims", "24,48,96,192"])
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--model", "gigantic"], "unknown model 'gigantic'"),
     (["--lr", "-1"], "lr=-1.0"),
