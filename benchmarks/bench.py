@@ -17,7 +17,8 @@ What is timed, per model, as users call it:
   the recipe's augmentations, on JPEGs written to a temporary folder).
 
 The models are measured interleaved in one process (round r runs A B C, round r+1 runs C B A), so
-a busy machine slows all of them alike; the first call (tracing/compiling) is reported apart, then
+a busy machine slows all of them alike; the first call (tracing/compiling; in the order of
+``--models``, so swap it to see what the process's first compilation costs) is reported apart, then
 ``--warmup`` rounds are dropped and the median of ``--steps`` rounds is kept. Ratios are ours
 over the others, in images/s. Timings live here, never in the tests.
 """
@@ -77,15 +78,15 @@ def keras_entries(args, names):
     shape = (args.size, args.size, 3)
     entries = []
 
-    def compiled(model):
+    def compiled(model, jit_compile="auto"):
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05),
-            loss="sparse_categorical_crossentropy",
+            loss="sparse_categorical_crossentropy", jit_compile=jit_compile,
         )
         return model
 
-    def entry(name, model, context=None):
-        compiled(model)
+    def entry(name, model, context=None, jit_compile="auto"):
+        compiled(model, jit_compile)
         return Entry(name, model.predict_on_batch, model.train_on_batch, context)
 
     peer = v1_counterpart(args.variant)  # keras.applications has no V2: its V1 of that size
@@ -97,6 +98,9 @@ def keras_entries(args, names):
 
     if "ours" in names:
         entries.append(entry("ours", keras_convnext.build(args.variant, input_shape=shape)))
+    if "ours_jit" in names:  # Keras' jit_compile=True: XLA on TF/JAX, torch.compile on torch
+        entries.append(entry("ours_jit", keras_convnext.build(args.variant, input_shape=shape),
+                             jit_compile=True))
     if "ours_plain" in names:
         # Fast paths off: read at trace time on JAX/TF, at every call on torch.
         with dispatch.fast_paths(False):
@@ -203,6 +207,8 @@ def ratios(results):
     for other in ("ours_plain", "ours_v1"):
         if "ours" in results and other in results:
             out[f"ours/{other}"] = round(results["ours"]["img_s"] / results[other]["img_s"], 3)
+    if "ours" in results and "ours_jit" in results:
+        out["ours_jit/ours"] = round(results["ours_jit"]["img_s"] / results["ours"]["img_s"], 3)
     if "ours" in results and "ours_int8" in results:
         out["ours_int8/ours"] = round(results["ours_int8"]["img_s"] / results["ours"]["img_s"], 3)
     if "ours" in results and "ours_bf16" in results:
@@ -365,6 +371,9 @@ def run_backend(args):
             if timm is not None:
                 entries.append(timm)
             report[name] = timm is not None
+    # First calls run in the order of --models: the first one in a process can pay one-time
+    # start-up costs of the backend, so compare first calls with the order swapped too.
+    entries.sort(key=lambda e: names.index(e.name) if e.name in names else len(names))
 
     if "inference" in args.what:
         res = interleaved(entries, lambda e: e.infer(images), args.steps, args.warmup)
@@ -442,7 +451,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--what", default="inference,train", help="inference,train")
     p.add_argument("--models", default="ours,keras,timm",
-                   help="ours, ours_plain (fast paths off), ours_v1 (a V2 variant's V1 of the "
+                   help="ours, ours_plain (fast paths off), ours_jit (compiled with "
+                        "jit_compile=True: torch.compile on torch), ours_v1 (a V2 variant's V1 of the "
                         "same size), keras (keras.applications; its V1 for a V2 variant), "
                         "timm (torch only, when importable), ours_bf16 and keras_bf16 (the "
                         "mixed_bfloat16 policy: bf16 compute, fp32 variables), timm_bf16 "

@@ -51,15 +51,24 @@ def test_gemm_floor_reports_positive_times():
 def test_bench_times_the_models_it_names_and_writes_json(tmp_path):
     out = tmp_path / "report.json"
     code = bench.main(["--variant", "atto", "--size", "32", "--batch", "2",
-                       "--models", "ours,ours_plain", "--steps", "1", "--warmup", "0",
+                       "--models", "ours_plain,ours", "--steps", "1", "--warmup", "0",
                        "--train-steps", "1", "--train-warmup", "0", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     for what in ("inference", "train"):
         results = report[what]["results"]
-        assert set(results) == {"ours", "ours_plain"}
+        assert list(results) == ["ours_plain", "ours"]  # first calls in the order asked for
         assert all(r["img_s"] > 0 and len(r["times_s"]) == 1 for r in results.values())
         assert "ours/ours_plain" in report[what]["ratios"]
+
+
+def test_ours_jit_is_our_model_compiled_with_jit_compile_true():
+    args = bench.parse_args(["--variant", "atto", "--size", "32", "--models", "ours,ours_jit"])
+    entries = {e.name: e for e in bench.keras_entries(args, ["ours", "ours_jit"])}
+    models = {name: e.infer.__self__ for name, e in entries.items()}
+    assert models["ours_jit"].jit_compile is True  # torch.compile on torch, XLA on TF and JAX
+    assert models["ours_jit"].count_params() == models["ours"].count_params()
+    assert bench.ratios({"ours": {"img_s": 2.0}, "ours_jit": {"img_s": 3.0}})["ours_jit/ours"] == 1.5
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="timm is a PyTorch library")
