@@ -199,23 +199,13 @@ def timm_entry(args, bf16=False, train=True):
 
 
 def ratios(results):
-    """img/s of ours (and its variants) over every other model."""
-    out = {}
-    for mine in [n for n in results if n.startswith("ours")]:
-        for other in [n for n in results if not n.startswith("ours")]:
-            out[f"{mine}/{other}"] = round(results[mine]["img_s"] / results[other]["img_s"], 3)
-    for other in ("ours_plain", "ours_v1"):
-        if "ours" in results and other in results:
-            out[f"ours/{other}"] = round(results["ours"]["img_s"] / results[other]["img_s"], 3)
-    if "ours" in results and "ours_jit" in results:
-        out["ours_jit/ours"] = round(results["ours_jit"]["img_s"] / results["ours"]["img_s"], 3)
-    if "ours" in results and "ours_int8" in results:
-        out["ours_int8/ours"] = round(results["ours_int8"]["img_s"] / results["ours"]["img_s"], 3)
-    if "ours" in results and "ours_bf16" in results:
-        out["ours_bf16/ours"] = round(results["ours_bf16"]["img_s"] / results["ours"]["img_s"], 3)
-    if "timm" in results and "timm_bf16" in results:
-        out["timm_bf16/timm"] = round(results["timm_bf16"]["img_s"] / results["timm"]["img_s"], 3)
-    return out
+    """img/s of ours (and its variants) over every other model, and of each variant pair."""
+    pairs = [(mine, other) for mine in results if mine.startswith("ours")
+             for other in results if not other.startswith("ours")]
+    pairs += [("ours", "ours_plain"), ("ours", "ours_v1"), ("ours_jit", "ours"),
+              ("ours_int8", "ours"), ("ours_bf16", "ours"), ("timm_bf16", "timm")]
+    return {f"{mine}/{other}": round(results[mine]["img_s"] / results[other]["img_s"], 3)
+            for mine, other in pairs if mine in results and other in results}
 
 
 # ----------------------------------------------------------------------------------- bf16
