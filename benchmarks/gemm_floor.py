@@ -118,7 +118,7 @@ def gemm_floor(variant="tiny", batch=8, size=224, dtype="float32", repeats=7):
     train_s, train_flops = total(training_gemms(shapes, stem))
     return {
         "variant": variant, "batch": batch, "size": size, "dtype": dtype,
-        "inference_s": round(infer_s, 4), "train_s": round(train_s, 4),
+        "inference_s": round(infer_s, 6), "train_s": round(train_s, 6),
         "inference_img_s_max": round(batch / infer_s, 2),
         "train_img_s_max": round(batch / train_s, 2),
         "gemm_gflop_s": round((infer_flops + train_flops) / (infer_s + train_s) / 1e9, 1),

@@ -147,7 +147,9 @@ def main(argv=None):
                     points.append(result)
                     print(f"{backend:>10} {model:>4} {size} px batch {batch:>2}: "
                           f"{result['img_s']:8.2f} img/s, {result['peak_mib_per_image']:7.1f} "
-                          f"MiB/image, GEMM fraction {result['gemm_fraction']:.2f}", flush=True)
+                          f"MiB/image, GEMM fraction {result['gemm_fraction']:.2f}"
+                          + (" (above 1: a disturbed measurement; use more --steps on a quiet "
+                             "machine)" if result["gemm_fraction"] > 1 else ""), flush=True)
     report["points"] = points
     report["load_after"] = load_average()
     if args.json:

