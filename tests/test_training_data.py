@@ -61,6 +61,25 @@ def test_eval_transform_resizes_short_side_and_center_crops():
     np.testing.assert_allclose(same, image[:32, 14:46], atol=1e-3)
 
 
+def test_translate_shifts_by_at_most_n_pixels_into_a_zero_border():
+    image = np.random.default_rng(0).integers(1, 255, (32, 32, 1), dtype=np.uint8)
+    plain = data.train_transform(tf.constant(image), _config(crop_scale=(1, 1), hflip=False,
+                                                             channels=1), tf.constant([0, 0]))
+    config = _config(crop_scale=(1, 1), hflip=False, channels=1, translate=3)
+    shifts = set()
+    for i in range(12):
+        out = data.train_transform(tf.constant(image), config, tf.constant([i, 7])).numpy()
+        assert out.shape == (32, 32, 1)
+        padded = np.pad(plain.numpy(), [(3, 3), (3, 3), (0, 0)])
+        found = [(dy, dx) for dy in range(7) for dx in range(7)
+                 if np.array_equal(padded[dy:dy + 32, dx:dx + 32], out)]
+        assert len(found) == 1, "the output is not a shifted copy of the plain crop"
+        shifts.add(found[0])
+    assert len(shifts) > 3  # the seed draws the shift
+    with pytest.raises(ValueError, match="translate=16"):
+        _config(translate=16)
+
+
 def test_train_pipeline_batches_augmented_images_and_soft_labels():
     config = _config(mixup=0.8, cutmix=1.0, mixup_prob=1.0, random_erasing=0.5,
                      rand_augment_ops=2, rand_augment_factor=0.5, hflip=True)

@@ -47,6 +47,7 @@ class Config:
     crop_scale: typing.Tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
     crop_ratio: typing.Tuple[float, float] = (0.75, 4.0 / 3.0)  # random-resized-crop aspect ratios
     hflip: bool = True  # random horizontal flips
+    translate: int = 0  # random shift of up to N pixels (zero-padded) after the crop; 0: none
     rand_augment_ops: int = 2  # RandAugment operations per image; 0 disables it
     rand_augment_factor: float = 0.5  # keras.layers.RandAugment's strength, in [0, 1]
     random_erasing: float = 0.25  # random-erasing probability per image
@@ -299,6 +300,8 @@ def validate(c):
            f"crop_scale={list(c.crop_scale)} (need 0 < min <= max <= 1)")
     _check(len(c.crop_ratio) == 2 and 0.0 < c.crop_ratio[0] <= c.crop_ratio[1],
            f"crop_ratio={list(c.crop_ratio)} (need 0 < min <= max)")
+    _check(0 <= c.translate < c.image_size // 2,
+           f"translate={c.translate} (pixels, must be in [0, image_size / 2))")
     _check(c.rand_augment_ops >= 0, f"rand_augment_ops={c.rand_augment_ops} (must be >= 0)")
     _check(0.0 <= c.rand_augment_factor <= 1.0,
            f"rand_augment_factor={c.rand_augment_factor} (must be in [0, 1])")

@@ -481,9 +481,10 @@ def _resize(image, size, method="bicubic"):
 
 
 def train_transform(image, config, seed):
-    """Random-resized-crop (area ``crop_scale``, aspect ``crop_ratio``) to ``image_size``, then a
-    random horizontal flip (``hflip``), drawn from the stateless ``seed``. uint8 in, float32
-    0-255 out."""
+    """Random-resized-crop (area ``crop_scale``, aspect ``crop_ratio``) to ``image_size``, a
+    random shift of up to ``translate`` pixels each way (zero-padded: the pad-and-crop of small
+    image benchmarks), then a random horizontal flip (``hflip``), all drawn from the stateless
+    ``seed``. uint8 in, float32 0-255 out."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -497,6 +498,12 @@ def train_transform(image, config, seed):
     crop = tf.slice(image, begin, size)
     crop.set_shape([None, None, image.shape[-1]])
     out = _resize(crop, (config.image_size, config.image_size))
+    if config.translate:
+        size, pad = config.image_size, config.translate
+        padded = tf.pad(out, [[pad, pad], [pad, pad], [0, 0]])
+        out = tf.image.stateless_random_crop(
+            padded, [size, size, image.shape[-1]],
+            tf.random.experimental.stateless_fold_in(seed, 2))
     if config.hflip:
         out = tf.image.stateless_random_flip_left_right(
             out, tf.random.experimental.stateless_fold_in(seed, 1))
