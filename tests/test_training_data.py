@@ -65,12 +65,12 @@ def test_translate_shifts_by_at_most_n_pixels_into_a_zero_border():
     image = np.random.default_rng(0).integers(1, 255, (32, 32, 1), dtype=np.uint8)
     plain = data.train_transform(tf.constant(image), _config(crop_scale=(1, 1), hflip=False,
                                                              channels=1), tf.constant([0, 0]))
+    padded = np.pad(plain.numpy(), [(3, 3), (3, 3), (0, 0)])
     config = _config(crop_scale=(1, 1), hflip=False, channels=1, translate=3)
     shifts = set()
     for i in range(12):
         out = data.train_transform(tf.constant(image), config, tf.constant([i, 7])).numpy()
         assert out.shape == (32, 32, 1)
-        padded = np.pad(plain.numpy(), [(3, 3), (3, 3), (0, 0)])
         found = [(dy, dx) for dy in range(7) for dx in range(7)
                  if np.array_equal(padded[dy:dy + 32, dx:dx + 32], out)]
         assert len(found) == 1, "the output is not a shifted copy of the plain crop"

@@ -499,10 +499,10 @@ def train_transform(image, config, seed):
     crop.set_shape([None, None, image.shape[-1]])
     out = _resize(crop, (config.image_size, config.image_size))
     if config.translate:
-        size, pad = config.image_size, config.translate
+        pad = config.translate
         padded = tf.pad(out, [[pad, pad], [pad, pad], [0, 0]])
         out = tf.image.stateless_random_crop(
-            padded, [size, size, image.shape[-1]],
+            padded, [config.image_size, config.image_size, image.shape[-1]],
             tf.random.experimental.stateless_fold_in(seed, 2))
     if config.hflip:
         out = tf.image.stateless_random_flip_left_right(
