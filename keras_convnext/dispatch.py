@@ -22,10 +22,11 @@ layer                fast path
 ``Dense``            torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
                      oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
                      GELU fused into the GEMM at inference (oneDNN post-op).
-``Dense`` (int8)     torch, after ``model.quantize("int8")``, at inference: fbgemm's int8 GEMM
+``Dense`` (int8)     torch, after ``model.quantize("int8")``, at inference: the CPU's int8 GEMM
                      (``fast.torch_ops.int8_dense``) instead of Keras' int8 ``matmul`` (an int32
-                     matmul on CPU). Inputs quantized per tensor (Keras: per row): equal to int8
-                     rounding, not bit for bit.
+                     matmul on CPU), chosen by CPU feature: oneDNN's (AMX / AVX-512 VNNI; GELU,
+                     LayerScale and shortcut fused) or fbgemm's (AVX2). Inputs quantized per
+                     tensor (Keras: per row): equal to int8 rounding, not bit for bit.
 ``Dense`` (GELU)     tensorflow: exact GELU through ``erf`` (``gelu_erf``), not ``erfc``: always (not a
                      fast path; tf2onnx has no ``Erfc``).
 ``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
@@ -222,6 +223,12 @@ def _torch_int8_gemm(layer, inputs, training):
             and torch_ops.int8_gemm_available())
 
 
+def _residual_tensors(residual, scale):
+    """``residual=``/``scale=`` as backend tensors (or None), for a fused block end."""
+    return {"residual": None if residual is None else ops.convert_to_tensor(residual),
+            "scale": None if scale is None else ops.convert_to_tensor(scale)}
+
+
 def _scaled_residual(outputs, residual, scale):
     """``residual + scale * outputs`` (a block's end), or ``outputs`` without a residual."""
     if residual is None:
@@ -259,13 +266,16 @@ class Dense(keras.layers.Dense):
         if _torch_int8_gemm(self, inputs, training):
             from keras_convnext.fast import torch_ops
 
+            gelu = _is_exact_gelu(self.activation)
+            fused = gelu or self.activation in (None, keras.activations.linear)
             outputs = torch_ops.int8_dense(
                 self, inputs, self._kernel.value, self.kernel_scale.value,
-                self.bias.value if self.use_bias else None)
-            if self.activation is not None:
-                outputs = self.activation(outputs)
-        else:
-            outputs = self._keras_dense(super().quantized_call, inputs, training)
+                self.bias.value if self.use_bias else None, gelu=gelu,
+                **(_residual_tensors(residual, scale) if fused else {}))
+            if fused:
+                return outputs
+            return _scaled_residual(self.activation(outputs), residual, scale)
+        outputs = self._keras_dense(super().quantized_call, inputs, training)
         return _scaled_residual(outputs, residual, scale)
 
     def _keras_dense(self, keras_call, inputs, training):

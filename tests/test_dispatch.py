@@ -354,15 +354,46 @@ def _quantized_pair(activation, rng, inputs=24, units=16):
     return layers
 
 
+def _int8_gemms():
+    """The torch int8 GEMMs this machine can run (the chosen one first); one None elsewhere."""
+    if BACKEND != "torch":
+        return [None]
+    from keras_convnext.fast import torch_ops
+
+    chosen = torch_ops.int8_gemm()
+    runnable = [chosen] + [k for k in ("onednn", "fbgemm") if k != chosen and (
+        torch_ops._onednn_int8_runs() if k == "onednn" else torch_ops._fbgemm_runs())]
+    return [k for k in runnable if k is not None]
+
+
+@contextlib.contextmanager
+def _int8_gemm(kernel):
+    """Run torch's int8 fast path on ``kernel`` ("onednn" / "fbgemm"), not the CPU's choice."""
+    if kernel is None:
+        yield
+        return
+    from keras_convnext.fast import torch_ops
+
+    saved = list(torch_ops._INT8_GEMM)
+    torch_ops._INT8_GEMM[:] = [kernel]
+    torch_ops._INT8_PACKED.clear()
+    try:
+        yield
+    finally:
+        torch_ops._INT8_GEMM[:] = saved
+        torch_ops._INT8_PACKED.clear()
+
+
+@pytest.mark.parametrize("kernel", _int8_gemms())
 @pytest.mark.parametrize("activation", [None, "gelu"])
-def test_int8_dense_is_keras_int8_and_close_to_float(activation, rng):
+def test_int8_dense_is_keras_int8_and_close_to_float(activation, kernel, rng):
     """``quantize("int8")`` reaches our Dense (Keras skips subclasses unless told), and the
     quantized layer gives Keras' int8 numbers: exactly where Keras' own int8 matmul runs, and
-    to int8 rounding where torch's CPU int8 GEMM does (it quantizes inputs per tensor)."""
+    to int8 rounding where a torch CPU int8 GEMM does (it quantizes inputs per tensor)."""
     ours, plain = _quantized_pair(activation, rng)
     assert ours.quantization_mode == "int8" and ours._kernel.dtype == "int8"
     x = rng.standard_normal((3, 5, 24)).astype("float32")
-    with _inference():
+    with _inference(), _int8_gemm(kernel):
         with dispatch.fast_paths(False):
             keras_int8 = keras.ops.convert_to_numpy(ours(x))
         fast = keras.ops.convert_to_numpy(ours(x))
@@ -376,14 +407,38 @@ def test_int8_dense_is_keras_int8_and_close_to_float(activation, rng):
         np.testing.assert_array_equal(fast, keras_int8)
 
 
-def test_int8_dense_block_end_and_new_weights(rng):
-    """The quantized block end (``residual + scale * dense(x)``) and a quantized layer whose
-    weights are then replaced (``load_weights``): the int8 GEMM's packed weights follow."""
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's int8 GEMM choice")
+@pytest.mark.parametrize("features, expected", [
+    ({"amx_int8": True, "avx512_vnni": True}, "onednn"),
+    ({"avx512_vnni": True}, "onednn"),
+    ({"avx2": True}, "fbgemm"),
+])
+def test_int8_gemm_is_chosen_by_cpu_feature(features, expected, monkeypatch):
+    """oneDNN's int8 GEMM where the CPU has int8 dot products (AMX, AVX-512 VNNI), fbgemm's on
+    AVX2 alone; oneDNN only where its op actually runs."""
+    import torch
+
+    from keras_convnext.fast import torch_ops
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+    monkeypatch.setattr(torch_ops, "_INT8_GEMM", [])
+    monkeypatch.setattr(torch_ops, "_onednn_int8_runs", lambda: True)
+    assert torch_ops.int8_gemm() == expected
+    monkeypatch.setattr(torch_ops, "_INT8_GEMM", [])
+    monkeypatch.setattr(torch_ops, "_onednn_int8_runs", lambda: False)
+    assert torch_ops.int8_gemm() == "fbgemm"
+
+
+@pytest.mark.parametrize("kernel", _int8_gemms())
+def test_int8_dense_block_end_and_new_weights(kernel, rng):
+    """The quantized block end (``residual + scale * dense(x)``; oneDNN fuses LayerScale and the
+    shortcut into its GEMM) and a quantized layer whose weights are then replaced
+    (``load_weights``): the int8 GEMM's packed weights follow."""
     ours, plain = _quantized_pair(None, rng)
-    x = rng.standard_normal((4, 24)).astype("float32")
-    residual = rng.standard_normal((4, 16)).astype("float32")
+    x = rng.standard_normal((2, 2, 24)).astype("float32")
+    residual = rng.standard_normal((2, 2, 16)).astype("float32")
     scale = rng.standard_normal(16).astype("float32")
-    with _inference():
+    with _inference(), _int8_gemm(kernel):
         ours(x)  # packs the first weights
         new = [rng.standard_normal(w.shape).astype(w.dtype) for w in plain.weights]
         new = [np.clip(w, -127, 127).round().astype(w.dtype) if w.dtype == "int8" else w

@@ -138,38 +138,124 @@ def dense_scale_add(inputs, kernel, bias, scale, residual):
 _INT8_PACKED = weakref.WeakKeyDictionary()  # layer -> (the variables' identity, packed weight)
 
 
+def int8_gemm():
+    """The CPU int8 GEMM ``int8_dense`` runs on here, or None: ``"onednn"`` (oneDNN's
+    ``qlinear_pointwise``, the op of torch's x86 inductor quantization, on AMX tiles or AVX-512
+    VNNI's ``vpdpbusd``) where the CPU has int8 dot-product instructions, else ``"fbgemm"``
+    (fbgemm's dynamic quantized linear, the kernel of ``torch.ao``'s dynamic quantization),
+    which on AVX2 alone (``vpmaddubsw``) measured faster than oneDNN's. Chosen by CPU feature:
+    see benchmarks/RESULTS.md, int8."""
+    if _INT8_GEMM:
+        return _INT8_GEMM[0]
+    features = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    kernel = None
+    if (any(features.get(name) for name in ("amx_int8", "avx512_vnni", "avx_vnni"))
+            and hasattr(torch.ops.onednn, "qlinear_pointwise") and _onednn_int8_runs()):
+        kernel = "onednn"
+    elif _fbgemm_runs():
+        kernel = "fbgemm"
+    _INT8_GEMM.append(kernel)
+    return kernel
+
+
+_INT8_GEMM = []  # the kernel int8_gemm() chose, once per process
+
+
 def int8_gemm_available():
-    """Whether this torch build has the CPU int8 GEMM ``int8_dense`` runs on (fbgemm's dynamic
-    quantized linear, the kernel of ``torch.ao``'s dynamic quantization)."""
+    """Whether this torch build and CPU have an int8 GEMM for ``int8_dense``."""
+    return int8_gemm() is not None
+
+
+def _fbgemm_runs():
     return (torch.backends.quantized.engine in ("x86", "fbgemm")
             and hasattr(torch.ops.quantized, "linear_dynamic"))
 
 
-def int8_dense(owner, inputs, kernel, kernel_scale, bias):
+def _onednn_int8_runs():
+    try:
+        weight = torch.ops.onednn.qlinear_prepack(torch.ones(4, 3, dtype=torch.int8), None)
+        torch.ops.onednn.qlinear_pointwise(
+            torch.ones(2, 3, dtype=torch.uint8), 1.0, 0, weight, torch.ones(4),
+            torch.zeros(4, dtype=torch.long), None, 1.0, 0, torch.float32, "gelu", [], "none")
+        return True
+    except Exception:  # noqa: BLE001 - absent or unsupported here: fbgemm
+        return False
+
+
+def int8_dense(owner, inputs, kernel, kernel_scale, bias, gelu=False, residual=None,
+               scale=None):
     """``inputs @ (kernel / kernel_scale) + bias`` with Keras' int8 weights (``kernel`` (in,
-    out) int8, one ``kernel_scale`` per output) on fbgemm's int8 GEMM, inference only.
+    out) int8, one ``kernel_scale`` per output) on the CPU's int8 GEMM (``int8_gemm``),
+    inference only; then exact GELU when ``gelu``, and ``residual + scale * outputs`` when
+    ``residual`` is given (a block's end).
 
     Keras' own int8 ``Dense`` quantizes each input row on every call and multiplies int8 by
     int8 through the generic ``matmul``, which on a CPU runs as an int32 matmul: slower than
-    float32. fbgemm quantizes the input per tensor (asymmetric, 7-bit range on x86 so that its
-    u8 x s8 pair sums cannot saturate) and multiplies with vectorized int8 dot products. The
-    weights are Keras' exactly (packed once per layer, again when a variable changes); the
-    input quantization differs, so outputs agree with Keras' int8 to int8 rounding, not bit
-    for bit."""
+    float32. Here the input is quantized per tensor (asymmetric uint8, in one fused pass) and
+    multiplied with the CPU's int8 dot products. The weights are Keras' exactly (packed once
+    per layer, again when a variable changes); the input quantization differs, so outputs agree
+    with Keras' int8 to int8 rounding, not bit for bit. On oneDNN the GELU, LayerScale (folded
+    into the per-channel output scales) and the shortcut (a binary post-op) run inside the
+    GEMM; on fbgemm after it."""
     key = tuple((t.data_ptr(), t._version) for t in (kernel, kernel_scale, bias)
                 if t is not None)
     cached = _INT8_PACKED.get(owner)
     if cached is None or cached[0] != key:
-        units = kernel.shape[1]
-        with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated
-            warnings.simplefilter("ignore")
-            weight = torch._make_per_channel_quantized_tensor(
-                kernel.t().contiguous(), (1.0 / kernel_scale.reshape(-1)).double(),
-                torch.zeros(units, dtype=torch.long), 0)
-            packed = torch.ops.quantized.linear_prepack(
-                weight, None if bias is None else bias.float())
-        cached = _INT8_PACKED[owner] = (key, packed)
-    return torch.ops.quantized.linear_dynamic(inputs.float().contiguous(), cached[1], True)
+        cached = _INT8_PACKED[owner] = (key, _pack_int8(kernel, kernel_scale, bias))
+    if int8_gemm() == "onednn":
+        return _onednn_int8_dense(inputs, cached[1], bias, gelu, residual, scale)
+    outputs = torch.ops.quantized.linear_dynamic(inputs.float().contiguous(), cached[1], True)
+    if gelu:
+        outputs = F.gelu(outputs)
+    if residual is None:
+        return outputs
+    return residual + (outputs if scale is None else outputs * scale.to(outputs.dtype))
+
+
+def _pack_int8(kernel, kernel_scale, bias):
+    """The int8 weights in the chosen GEMM's packed form (with their float scales for oneDNN)."""
+    weight = kernel.t().contiguous()  # (out, in) int8
+    if int8_gemm() == "onednn":
+        return (torch.ops.onednn.qlinear_prepack(weight, None),
+                (1.0 / kernel_scale.reshape(-1)).float(),
+                torch.zeros(weight.shape[0], dtype=torch.long))
+    with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated
+        warnings.simplefilter("ignore")
+        quantized = torch._make_per_channel_quantized_tensor(
+            weight, (1.0 / kernel_scale.reshape(-1)).double(),
+            torch.zeros(weight.shape[0], dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(
+            quantized, None if bias is None else bias.float())
+
+
+def _onednn_int8_dense(inputs, packed, bias, gelu, residual, scale):
+    weight, weight_scale, weight_zero = packed
+    shape = inputs.shape
+    rows = inputs.float().reshape(-1, shape[-1]).contiguous()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_tensor_dynamic(rows, torch.quint8, False)
+    # the quantized tensor's bytes as a plain uint8 tensor (int_repr() would copy them)
+    codes = torch.empty(0, dtype=torch.uint8).set_(
+        quantized.untyped_storage(), quantized.storage_offset(), quantized.shape,
+        quantized.stride())
+    x_scale, x_zero = quantized.q_scale(), quantized.q_zero_point()
+    bias = None if bias is None else bias.float()
+    unary = ("gelu", [], "none") if gelu else ("none", [], "")
+    if residual is None:
+        out = torch.ops.onednn.qlinear_pointwise(
+            codes, x_scale, x_zero, weight, weight_scale, weight_zero, bias, 1.0, 0,
+            torch.float32, *unary)
+    else:
+        if scale is not None:  # LayerScale folded into the output scales: exact
+            scale = scale.float().reshape(-1)
+            weight_scale = weight_scale * scale
+            bias = None if bias is None else bias * scale
+        other = residual.float().reshape(-1, residual.shape[-1]).contiguous()
+        out = torch.ops.onednn.qlinear_pointwise.binary(
+            codes, x_scale, x_zero, weight, weight_scale, weight_zero, other, bias, 1.0, 0,
+            torch.float32, 1.0, 0, "add", 1.0, *unary)
+    return out.reshape(*shape[:-1], out.shape[-1])
 
 
 def _onednn_eager(dtype):
