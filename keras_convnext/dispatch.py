@@ -142,12 +142,17 @@ def _fast_depthwise(layer, inputs):
     if impl is not None and not impl.supported(
             layer.strides, layer.dilation_rate, layer.depth_multiplier):
         return None
+    if backend == "torch":
+        owner, (kernel, bias) = _torch_weights(layer, layer.kernel,
+                                               layer.bias if layer.use_bias else None)
+        if reach is not None:
+            kernel = kernel[reach]
+        return impl.depthwise_conv2d(inputs, kernel, bias, layer.padding, layer.data_format,
+                                     owner=owner)
     kernel = ops.cast(layer.kernel, inputs.dtype)
     if reach is not None:
         kernel = kernel[reach]
     bias = ops.cast(layer.bias, inputs.dtype) if layer.use_bias else None
-    if backend == "torch":
-        return impl.depthwise_conv2d(inputs, kernel, bias, layer.padding, layer.data_format)
     if impl is None:  # reach implies "same" padding, stride 1 and dilation 1
         outputs = ops.depthwise_conv(inputs, kernel, 1, "same", layer.data_format, 1)
     else:
@@ -175,6 +180,18 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
 
 _GELU = keras.activations.gelu  # what Dense(activation="gelu") holds; exact (approximate=False)
+
+
+def _torch_weights(layer, *variables):
+    """(owner, tensors) for a torch fast path: the variables' own float32 tensors (not Keras'
+    autocast copies, which are new tensors every call) and the layer, which keys the fast
+    path's cache of weights in compute form (``torch_ops.inference_weights``). In a stateless
+    scope (values substituted) the scope's values and no owner."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if in_stateless_scope():
+        return None, [None if v is None else ops.convert_to_tensor(v) for v in variables]
+    return layer, [None if v is None else v._value for v in variables]
 
 
 def _is_exact_gelu(activation):
@@ -295,9 +312,10 @@ class Dense(keras.layers.Dense):
             return self._keras_dense(super().call, inputs, training)
         from keras_convnext.fast import torch_ops
 
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
-        return torch_ops.dense(inputs, kernel, bias, gelu=_is_exact_gelu(self.activation))
+        owner, (kernel, bias) = _torch_weights(self, self.kernel,
+                                               self.bias if self.use_bias else None)
+        return torch_ops.dense(inputs, kernel, bias, gelu=_is_exact_gelu(self.activation),
+                               owner=owner)
 
     def _fused_scaled_residual(self, inputs, residual, scale):
         if not _plain_linear_layer(self):
@@ -305,13 +323,10 @@ class Dense(keras.layers.Dense):
         from keras_convnext.fast import torch_ops
 
         # float32 variables: the scale is folded in before rounding to the compute dtype.
-        return torch_ops.dense_scale_add(
-            inputs,
-            ops.convert_to_tensor(self.kernel),
-            ops.convert_to_tensor(self.bias) if self.use_bias else None,
-            ops.convert_to_tensor(scale) if scale is not None else None,
-            residual,
-        )
+        owner, (kernel, bias) = _torch_weights(self, self.kernel,
+                                               self.bias if self.use_bias else None)
+        scale = ops.convert_to_tensor(scale) if scale is not None else None
+        return torch_ops.dense_scale_add(inputs, kernel, bias, scale, residual, owner=owner)
 
 
 def _tensorflow_nchw_conv(layer, inputs):
@@ -351,10 +366,10 @@ class Conv2D(keras.layers.Conv2D):
         if not torch_ops.conv2d_supported(
                 self.strides, self.padding, self.dilation_rate, self.groups):
             return super().call(inputs)
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        bias = ops.cast(self.bias, inputs.dtype) if self.use_bias else None
+        owner, (kernel, bias) = _torch_weights(self, self.kernel,
+                                               self.bias if self.use_bias else None)
         return torch_ops.conv2d(
-            inputs, kernel, bias, self.strides, self.padding, self.data_format)
+            inputs, kernel, bias, self.strides, self.padding, self.data_format, owner=owner)
 
 
 def dense_layer(units, **kwargs):

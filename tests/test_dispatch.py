@@ -292,7 +292,7 @@ def test_block_inference_fusion_matches_the_layers(layer_scale, rng, monkeypatch
 
         real = torch_ops.dense_scale_add
         monkeypatch.setattr(torch_ops, "dense_scale_add",
-                            lambda *a: fused.append(real(*a)) or fused[-1])
+                            lambda *a, **k: fused.append(real(*a, **k)) or fused[-1])
     with _inference():
         with dispatch.fast_paths(False):
             y_plain = keras.ops.convert_to_numpy(block(x, training=False))
@@ -450,3 +450,38 @@ def test_int8_dense_block_end_and_new_weights(kernel, rng):
     np.testing.assert_allclose(got, expected, atol=0.03 * np.abs(expected).max())
     if BACKEND != "torch":
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_inference_weight_cache_follows_new_weights(policy, rng):
+    """At inference the torch fast paths keep each layer's weights in compute form (cast to
+    bf16, LayerScale folded in) between calls; replacing the weights (``set_weights``, as
+    ``load_weights`` and an optimizer step do) must be seen by the next call, on every path of
+    a block: the depthwise conv, pwconv1 + GELU and the fused block end."""
+    keras.config.set_dtype_policy(policy)
+    try:
+        block = ConvNeXtBlock(8, layer_scale_init_value=0.5)
+        x = _input("channels_last", 8, rng)
+        block.build(x.shape)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    tolerance = 1e-5 if policy == "float32" else 5e-2
+    for _ in range(2):  # the first weights, then new ones, after the first have been cached
+        block.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.3
+                           for w in block.weights])
+        with _inference():
+            y_fast = keras.ops.convert_to_numpy(block(x, training=False)).astype("float32")
+            with dispatch.fast_paths(False):
+                y_plain = keras.ops.convert_to_numpy(block(x, training=False)).astype("float32")
+        np.testing.assert_allclose(y_fast, y_plain, rtol=tolerance, atol=tolerance)
+    if BACKEND == "torch":
+        from keras_convnext.fast import torch_ops
+
+        cached = {layer: dict(torch_ops._INFERENCE_WEIGHTS[layer])
+                  for layer in (block.dwconv, block.pwconv1, block.pwconv2)}
+        assert {tag[0] for tag in cached[block.pwconv2]} == {"block end"}
+        with _inference():
+            block(x, training=False)  # the same weights: every layer reuses its entry
+        for layer, entries in cached.items():
+            assert all(torch_ops._INFERENCE_WEIGHTS[layer][tag][1] is made[1]
+                       for tag, made in entries.items()), layer.name

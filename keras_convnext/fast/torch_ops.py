@@ -16,6 +16,64 @@ import torch
 import torch.nn.functional as F
 
 
+_INFERENCE_WEIGHTS = weakref.WeakKeyDictionary()  # layer -> {tag: (sources' identity, tensors)}
+
+
+def inference_weights(owner, tag, make, *sources):
+    """``make(*sources)``: a layer's weights in the form its fast path computes with (cast to
+    the compute dtype, LayerScale folded in), made once per layer at inference and again only
+    when a source variable changes (its storage or version). Under ``mixed_bfloat16`` the casts
+    alone re-read all float32 weights on every call (a fifth of a ConvNeXt-T bf16 forward).
+    With autograd (training), under torch.compile, or without an ``owner``: made every call.
+    A small source (a LayerScale vector, which Keras hands a layer as a fresh autocast copy
+    each call) is compared by value, a large one by identity."""
+    if owner is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return make(*sources)
+    entries = _INFERENCE_WEIGHTS.get(owner)
+    if entries is None:
+        entries = _INFERENCE_WEIGHTS[owner] = {}
+    hit = entries.get(tag)
+    if hit is None or not _same_sources(hit[0], sources):
+        hit = entries[tag] = (_source_keys(sources), make(*sources))
+    return hit[1]
+
+
+_BY_VALUE = 4096  # sources up to this many elements are compared by value
+
+
+def _identity(t):
+    return t.data_ptr(), t._version, t.dtype, tuple(t.shape)
+
+
+def _source_keys(sources):
+    return tuple(
+        None if t is None
+        else ("value", t.detach().clone()) if t.numel() <= _BY_VALUE
+        else ("identity", _identity(t))
+        for t in sources)
+
+
+def _same_sources(keys, sources):
+    if len(keys) != len(sources):
+        return False
+    for key, t in zip(keys, sources):
+        if key is None or t is None:
+            if key is not t:
+                return False
+        elif key[0] == "value":
+            if not (key[1].dtype == t.dtype and key[1].shape == t.shape
+                    and torch.equal(key[1], t)):
+                return False
+        elif key[1] != _identity(t):
+            return False
+    return True
+
+
+def _cast(dtype):
+    """``make`` for ``inference_weights``: every source in ``dtype`` (None stays None)."""
+    return lambda *tensors: tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 def same_padding(size):
     """Keras' "same" padding for kernel ``size`` at stride 1: (before, after)."""
     total = size - 1
@@ -54,29 +112,28 @@ def supported(strides, dilation_rate, depth_multiplier):
     )
 
 
-def depthwise_conv2d(inputs, kernel, bias, padding, data_format):
-    """Depthwise conv (stride 1, dilation 1) plus bias. ``kernel`` is Keras' (kh, kw, C, 1)."""
+def depthwise_conv2d(inputs, kernel, bias, padding, data_format, owner=None):
+    """Depthwise conv (stride 1, dilation 1) plus bias. ``kernel`` is Keras' (kh, kw, C, 1);
+    ``owner``: the layer, for ``inference_weights``."""
     kh, kw, channels = kernel.shape[0], kernel.shape[1], kernel.shape[2]
     # (kh, kw, C, 1) -> (C, 1, kh, kw), as torch's grouped conv2d wants it.
-    weight = kernel.permute(2, 3, 0, 1)
-    if bias is not None:
-        bias = bias.to(inputs.dtype)
-    weight = weight.to(inputs.dtype)
+    weight, bias = inference_weights(
+        owner, ("depthwise", inputs.dtype, tuple(kernel.shape)),
+        lambda k, b: _cast(inputs.dtype)(k.permute(2, 3, 0, 1), b), kernel, bias)
     x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=1, padding=pad, groups=channels)
     return _to_caller_layout(out, data_format)
 
 
-def dense(inputs, kernel, bias, gelu=False):
+def dense(inputs, kernel, bias, gelu=False, owner=None):
     """``inputs @ kernel + bias`` as one GEMM with the bias added inside it (not in a second
     pass over the output), then exact GELU when ``gelu``. On a oneDNN build (not under
     torch.compile) the GEMM is oneDNN's (``_OneDNNLinear`` in training), and without autograd
     (inference) the GELU runs inside it as a post-op (``mkldnn._linear_pointwise``, the op that
     ``torch.compile`` fuses to; the same erf GELU); otherwise ``F.linear``. ``kernel`` is Keras'
-    (in, out)."""
-    kernel = kernel.to(inputs.dtype)
-    if bias is not None:
-        bias = bias.to(inputs.dtype)
+    (in, out); ``owner``: the layer, for ``inference_weights``."""
+    kernel, bias = inference_weights(owner, ("dense", inputs.dtype), _cast(inputs.dtype),
+                                     kernel, bias)
     weight = kernel.t()  # a view: oneDNN and addmm read the transposed layout directly
     if gelu and _onednn_inference(inputs.dtype):
         return torch.ops.mkldnn._linear_pointwise(
@@ -114,7 +171,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dkernel, dbias
 
 
-def dense_scale_add(inputs, kernel, bias, scale, residual):
+def dense_scale_add(inputs, kernel, bias, scale, residual, owner=None):
     """``residual + scale * (inputs @ kernel + bias)`` (the end of a ConvNeXt block: pwconv2,
     LayerScale, shortcut) as one oneDNN GEMM whose output pass adds ``residual`` (a binary
     post-op), with the per-channel ``scale`` folded into the kernel and bias. Inference only
@@ -122,15 +179,18 @@ def dense_scale_add(inputs, kernel, bias, scale, residual):
     if not _onednn_inference(inputs.dtype) or residual.shape[-1] != kernel.shape[-1]:
         return None
     dtype = inputs.dtype
-    kernel = kernel.to(torch.float32)
-    if bias is not None:
-        bias = bias.to(torch.float32)
-    if scale is not None:
-        scale = scale.to(torch.float32)
-        kernel = kernel * scale
-        bias = bias * scale if bias is not None else None
-    weight = kernel.t().to(dtype)
-    bias = bias.to(dtype) if bias is not None else None
+
+    def fold(kernel, bias, scale):
+        kernel = kernel.to(torch.float32)
+        if bias is not None:
+            bias = bias.to(torch.float32)
+        if scale is not None:
+            scale = scale.to(torch.float32)
+            kernel = kernel * scale
+            bias = bias * scale if bias is not None else None
+        return kernel.t().to(dtype), (bias.to(dtype) if bias is not None else None)
+
+    weight, bias = inference_weights(owner, ("block end", dtype), fold, kernel, bias, scale)
     return torch.ops.mkldnn._linear_pointwise.binary(
         inputs.contiguous(), residual.to(dtype).contiguous(), weight, bias, "add")
 
@@ -293,13 +353,14 @@ def conv2d_supported(strides, padding, dilation_rate, groups):
         padding == "valid" or tuple(strides) == (1, 1))
 
 
-def conv2d(inputs, kernel, bias, strides, padding, data_format):
+def conv2d(inputs, kernel, bias, strides, padding, data_format, owner=None):
     """A Keras ``Conv2D`` (kernel (kh, kw, in, out)) on the caller's memory: see the module
-    docstring; ``conv2d_supported`` says which configurations."""
+    docstring; ``conv2d_supported`` says which configurations; ``owner``: the layer, for
+    ``inference_weights``."""
     kh, kw = kernel.shape[0], kernel.shape[1]
-    weight = kernel.permute(3, 2, 0, 1).to(inputs.dtype)
-    if bias is not None:
-        bias = bias.to(inputs.dtype)
+    weight, bias = inference_weights(
+        owner, ("conv", inputs.dtype),
+        lambda k, b: _cast(inputs.dtype)(k.permute(3, 2, 0, 1), b), kernel, bias)
     x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad)
     return _to_caller_layout(out, data_format)
