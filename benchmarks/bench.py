@@ -11,7 +11,8 @@ What is timed, per model, as users call it:
 * inference: ``model.predict_on_batch(images)`` (numpy in, numpy out; timm: ``model(x)`` under
   ``torch.inference_mode()``);
 * train step: ``model.train_on_batch(images, labels)`` after ``compile(AdamW,
-  sparse_categorical_crossentropy)`` with Keras' default ``jit_compile`` (timm: forward,
+  sparse_categorical_crossentropy)`` with Keras' default ``jit_compile`` (``--optimizer recipe``:
+  training.train's AdamW instead of Keras'; timm: forward,
   cross-entropy, backward, ``torch.optim.AdamW.step``, channels_last memory);
 * with ``--data``: images/s of the training input pipeline (``training.data.train_pipeline`` with
   the recipe's augmentations, on JPEGs written to a temporary folder).
@@ -78,11 +79,16 @@ def keras_entries(args, names):
     shape = (args.size, args.size, 3)
     entries = []
 
+    def optimizer():
+        if getattr(args, "optimizer", "keras") == "recipe":  # training.train's AdamW
+            from training.recipe import ConvNeXtAdamW
+
+            return ConvNeXtAdamW(learning_rate=1e-4, weight_decay=0.05)
+        return keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
+
     def compiled(model, jit_compile="auto"):
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05),
-            loss="sparse_categorical_crossentropy", jit_compile=jit_compile,
-        )
+        model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy",
+                      jit_compile=jit_compile)
         return model
 
     def entry(name, model, context=None, jit_compile="auto"):
@@ -347,6 +353,7 @@ def run_backend(args):
         "variant": args.variant,
         "batch": args.batch,
         "size": args.size,
+        "optimizer": args.optimizer,
         "load_before": load_average(),
     }
     rng = np.random.default_rng(0)
@@ -447,6 +454,10 @@ def parse_args(argv=None):
                         "timm (torch only, when importable), ours_bf16 and keras_bf16 (the "
                         "mixed_bfloat16 policy: bf16 compute, fp32 variables), timm_bf16 "
                         "(timm under torch.autocast bfloat16)")
+    p.add_argument("--optimizer", choices=("keras", "recipe"), default="keras",
+                   help="our models' optimizer in the train step: keras.optimizers.AdamW, or "
+                        "training.train's (training.recipe.ConvNeXtAdamW: on torch, the fused "
+                        "update of keras_convnext.dispatch.fused_adam_step)")
     p.add_argument("--warmup", type=int, default=2, help="inference rounds dropped")
     p.add_argument("--steps", type=int, default=7, help="inference rounds measured")
     p.add_argument("--train-warmup", type=int, default=1)

@@ -467,3 +467,51 @@ def _grn_custom_gradient(inputs, gamma, beta, epsilon, axes):
         return y, backward
 
     return forward(inputs, gamma, beta)
+
+
+def fused_adam_step(optimizer, grads, variables, learning_rate, multipliers=None,
+                    decayed=None):
+    """Keras' Adam update of ``variables`` by a built ``keras.optimizers.Adam``/``AdamW``
+    (its moments, betas, epsilon and step) at ``learning_rate`` times each variable's
+    ``multipliers`` entry (default 1), after the decoupled weight decay
+    (``optimizer.weight_decay`` times that rate) of the variables whose ``decayed`` entry is true
+    (default none), on the backend's fused kernel: torch's ``_fused_adam_``
+    (``fast.torch_ops.fused_adam``), one call per group of equal rates. Returns False, having
+    changed nothing, where there is none (other backends, amsgrad, non-float32 or mixed-device
+    variables, a stateless scope, fast paths off); the caller then runs Keras' own update. Same
+    numbers as Keras' update up to float rounding (tests/test_recipe.py)."""
+    if not _enabled or keras.backend.backend() != "torch" or optimizer.amsgrad:
+        return False
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if in_stateless_scope():
+        return False
+    import torch
+
+    from keras_convnext.fast import torch_ops
+
+    tensors = [v.value for v in variables]
+    grads = [ops.convert_to_tensor(g) for g in grads]
+    if not torch_ops.fused_adam_supported(tensors, grads):
+        return False
+    lr = float(ops.convert_to_numpy(learning_rate))
+    multipliers = multipliers or [1.0] * len(variables)
+    decayed = decayed or [False] * len(variables)
+    weight_decay = float(getattr(optimizer, "weight_decay", None) or 0.0)
+    groups = {}  # (rate, decay factor) -> positions
+    for position, (multiplier, decay) in enumerate(zip(multipliers, decayed)):
+        rate = lr * multiplier
+        groups.setdefault((rate, weight_decay * rate if decay else 0.0), []).append(position)
+    index = [optimizer._get_variable_index(v) for v in variables]
+    step = int(ops.convert_to_numpy(optimizer.iterations)) + 1
+    with torch.no_grad():
+        for (rate, decay), positions in groups.items():
+            group = [tensors[p] for p in positions]
+            if decay:
+                torch._foreach_mul_(group, 1.0 - decay)
+            torch_ops.fused_adam(
+                group, [grads[p].contiguous() for p in positions],
+                [optimizer._momentums[index[p]].value for p in positions],
+                [optimizer._velocities[index[p]].value for p in positions],
+                rate, optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, step)
+    return True

@@ -71,6 +71,13 @@ def test_ours_jit_is_our_model_compiled_with_jit_compile_true():
     assert bench.ratios({"ours": {"img_s": 2.0}, "ours_jit": {"img_s": 3.0}})["ours_jit/ours"] == 1.5
 
 
+@pytest.mark.parametrize("choice, expected", [("keras", "AdamW"), ("recipe", "ConvNeXtAdamW")])
+def test_bench_trains_ours_with_the_optimizer_asked_for(choice, expected):
+    args = bench.parse_args(["--variant", "atto", "--size", "32", "--optimizer", choice])
+    (entry,) = bench.keras_entries(args, ["ours"])
+    assert type(entry.infer.__self__.optimizer).__name__ == expected
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="timm is a PyTorch library")
 def test_bench_times_timm_in_fp32_and_under_bf16_autocast(tmp_path):
     out = tmp_path / "report.json"
@@ -141,3 +148,26 @@ def test_scaling_measures_each_point_in_its_own_process_and_plots(tmp_path):
         assert p["gemm_fraction"] == pytest.approx(ratio, rel=1e-2, abs=1e-3)
         assert p["peak_rss_mib"] > 0 and p["peak_mib_per_image"] >= 0
     assert png.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="one process per point on the current backend; "
+                    "runs in the torch pass, with timm beside ours")
+def test_train_memory_measures_ours_remat_and_timm_each_in_its_own_process(tmp_path):
+    import train_memory
+
+    out = tmp_path / "memory.json"
+    assert train_memory.main(["--backends", "torch", "--variant", "atto", "--batch", "2",
+                              "--size", "32", "--steps", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [p["model"] for p in report["points"]] == ["ours", "ours_remat", "timm"]
+    for p in report["points"]:
+        assert p["backend"] == "torch" and (p["batch"], p["size"]) == (2, 32) and p["img_s"] > 0
+        assert p["peak_rss_mib"] >= p["rss_before_mib"] > 0
+        assert abs(p["added_mib"] - max(p["peak_rss_mib"] - p["rss_before_mib"], 0)) <= 1
+
+
+def test_train_memory_refuses_an_unknown_model():
+    import train_memory
+
+    with pytest.raises(SystemExit):
+        train_memory.main(["--models", "ours,resnet"])

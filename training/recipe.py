@@ -25,7 +25,7 @@ import math
 import keras
 from keras import ops
 
-from keras_convnext import architecture
+from keras_convnext import architecture, dispatch
 from keras_convnext.model import stages
 
 PAPER_LR = 4e-3
@@ -139,6 +139,17 @@ class ConvNeXtAdamW(keras.optimizers.AdamW):
 
     def _apply_weight_decay(self, variables):
         return  # applied per variable in update_step, with its scaled learning rate
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """The whole update at once on a fused kernel where the backend has one
+        (``dispatch.fused_adam_step``: torch), else Keras' own (``update_step`` per variable)."""
+        multipliers = [self._multipliers[self._get_variable_index(v)]
+                       for v in trainable_variables]
+        decayed = [bool(self.weight_decay) and self._use_weight_decay(v)
+                   for v in trainable_variables]
+        if not dispatch.fused_adam_step(self, grads, trainable_variables, learning_rate,
+                                        multipliers, decayed):
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         multiplier = self._multipliers[self._get_variable_index(variable)]

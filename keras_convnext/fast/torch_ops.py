@@ -9,6 +9,7 @@ channels_last output permuted back to NHWC is again contiguous. So the convoluti
 caller's memory with no copy in or out, and the bias is fused into ``conv2d``.
 """
 
+import math
 import warnings
 import weakref
 
@@ -441,3 +442,37 @@ class _GRN(torch.autograd.Function):
         dinputs = upstream * scale.to(upstream.dtype)
         dinputs.addcmul_(inputs, k.to(inputs.dtype))
         return dinputs, dgamma.to(gamma.dtype), dbeta.to(gamma.dtype), None, None
+
+
+def fused_adam_supported(variables, grads):
+    """Whether ``fused_adam`` can update these torch tensors: torch's fused Adam kernel exists,
+    and every variable and gradient is a float32 tensor on one CPU or CUDA device."""
+    if not hasattr(torch, "_fused_adam_") or not variables or torch.compiler.is_compiling():
+        return False
+    device = variables[0].device
+    return device.type in ("cpu", "cuda") and all(
+        t is not None and t.dtype == torch.float32 and t.device == device
+        for t in (*variables, *grads))
+
+
+def fused_adam(variables, grads, momentums, velocities, lr, beta_1, beta_2, epsilon, step):
+    """Keras' Adam update, in place: ``m += (g - m)(1 - b1)``, ``v += (g^2 - v)(1 - b2)``,
+    ``var -= alpha * m / (sqrt(v) + eps)`` with ``alpha = lr sqrt(1 - b2^t) / (1 - b1^t)`` at
+    step ``t`` (1-based), as torch's fused kernel (``torch._fused_adam_``, what
+    ``torch.optim.Adam(fused=True)`` runs): one pass over each variable instead of Keras' chain
+    of ops with temporaries the size of the model. torch's kernel scales by its own bias
+    corrections (in float64) and adds its epsilon after dividing by ``sqrt(1 - b2^t)``; so
+    ``alpha`` is computed as Keras does (float32: ``1 - b2^t`` loses ~1e-5 of itself at step 1)
+    and handed over as the kernel's ``lr`` and ``eps``: Keras' update up to float rounding."""
+    f32 = torch.float32
+    t = torch.tensor(float(step), dtype=f32)
+    beta_1_power = torch.pow(torch.tensor(beta_1, dtype=f32), t)
+    beta_2_power = torch.pow(torch.tensor(beta_2, dtype=f32), t)
+    alpha = float(torch.tensor(lr, dtype=f32) * torch.sqrt(1 - beta_2_power) / (1 - beta_1_power))
+    correction_1 = 1.0 - beta_1 ** step  # the kernel's own, in float64
+    root_correction_2 = math.sqrt(1.0 - beta_2 ** step)
+    steps = [torch.tensor(float(step), device=variables[0].device)] * len(variables)
+    torch._fused_adam_(
+        variables, grads, momentums, velocities, [], steps,
+        lr=alpha * correction_1 / root_correction_2, beta1=beta_1, beta2=beta_2,
+        weight_decay=0.0, eps=epsilon / root_correction_2, amsgrad=False, maximize=False)
