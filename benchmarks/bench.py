@@ -124,7 +124,31 @@ def keras_entries(args, names):
         model = keras_convnext.build(args.variant, input_shape=shape)
         model.quantize("int8")
         entries.append(Entry("ours_int8", model.predict_on_batch, None, None))
+    for name in ("litert", "litert_int8"):
+        if name in names:
+            entries.append(litert_entry(args, int8=name == "litert_int8"))
     return entries
+
+
+def litert_entry(args, int8=False):
+    """Our model exported to LiteRT (``keras_convnext.export``; full-integer int8 calibrated on
+    16 random images for ``int8``), run by the LiteRT interpreter on every core: inference
+    only. Needs a backend that writes LiteRT (TensorFlow) and ``ai-edge-litert``."""
+    import tempfile
+
+    import numpy as np
+
+    import keras_convnext
+    from keras_convnext import export as ex
+
+    ex.require("litert", "tensorflow")
+    model = keras_convnext.build(args.variant, input_shape=(args.size, args.size, 3))
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-litert-"), "model.tflite")
+    representative = np.random.default_rng(1).uniform(
+        0, 255, (16, args.size, args.size, 3)).astype("float32")
+    ex.export_model(model, "litert", path, int8=int8, representative=representative)
+    return Entry("litert_int8" if int8 else "litert",
+                 ex.load(path, "litert", num_threads=os.cpu_count()), None, None)
 
 
 @contextlib.contextmanager
@@ -209,7 +233,8 @@ def ratios(results):
     pairs = [(mine, other) for mine in results if mine.startswith("ours")
              for other in results if not other.startswith("ours")]
     pairs += [("ours", "ours_plain"), ("ours", "ours_v1"), ("ours_jit", "ours"),
-              ("ours_int8", "ours"), ("ours_bf16", "ours"), ("timm_bf16", "timm")]
+              ("ours_int8", "ours"), ("ours_bf16", "ours"), ("timm_bf16", "timm"),
+              ("litert", "ours"), ("litert_int8", "ours"), ("litert_int8", "litert")]
     return {f"{mine}/{other}": round(results[mine]["img_s"] / results[other]["img_s"], 3)
             for mine, other in pairs if mine in results and other in results}
 
@@ -453,7 +478,9 @@ def parse_args(argv=None):
                         "same size), keras (keras.applications; its V1 for a V2 variant), "
                         "timm (torch only, when importable), ours_bf16 and keras_bf16 (the "
                         "mixed_bfloat16 policy: bf16 compute, fp32 variables), timm_bf16 "
-                        "(timm under torch.autocast bfloat16)")
+                        "(timm under torch.autocast bfloat16), ours_int8 (model.quantize), litert "
+                        "and litert_int8 (ours exported to LiteRT, fp32 and full-integer int8; "
+                        "TensorFlow backend)")
     p.add_argument("--optimizer", choices=("keras", "recipe"), default="keras",
                    help="our models' optimizer in the train step: keras.optimizers.AdamW, or "
                         "training.train's (training.recipe.ConvNeXtAdamW: on torch, the fused "

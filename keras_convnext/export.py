@@ -283,8 +283,9 @@ def export_model(model, fmt, path, *, int8=False, representative=None):
     return path
 
 
-def load(path, fmt, signature="serving_default"):
-    """The exported file as a function of numpy images -> numpy outputs, run by its runtime."""
+def load(path, fmt, signature="serving_default", num_threads=None):
+    """The exported file as a function of numpy images -> numpy outputs, run by its runtime
+    (``num_threads``: the LiteRT interpreter's threads; None: its default)."""
     if fmt == "saved_model":
         import tensorflow as tf
 
@@ -306,7 +307,7 @@ def load(path, fmt, signature="serving_default"):
     if fmt == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=path)
+        interpreter = Interpreter(model_path=path, num_threads=num_threads)
         runner = interpreter.get_signature_runner(signature)
         name = next(iter(runner.get_input_details()))
         details = runner.get_input_details()[name]

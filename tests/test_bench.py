@@ -71,6 +71,19 @@ def test_ours_jit_is_our_model_compiled_with_jit_compile_true():
     assert bench.ratios({"ours": {"img_s": 2.0}, "ours_jit": {"img_s": 3.0}})["ours_jit/ours"] == 1.5
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="LiteRT files are written from TensorFlow")
+def test_bench_times_our_litert_files_fp32_and_full_integer(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    out = tmp_path / "report.json"
+    assert bench.main(["--variant", "atto", "--size", "32", "--batch", "2", "--what",
+                       "inference", "--models", "ours,litert,litert_int8", "--steps", "1",
+                       "--warmup", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["inference"]
+    assert list(report["results"]) == ["ours", "litert", "litert_int8"]
+    assert all(r["img_s"] > 0 for r in report["results"].values())
+    assert {"litert/ours", "litert_int8/ours", "litert_int8/litert"} <= set(report["ratios"])
+
+
 @pytest.mark.parametrize("choice, expected", [("keras", "AdamW"), ("recipe", "ConvNeXtAdamW")])
 def test_bench_trains_ours_with_the_optimizer_asked_for(choice, expected):
     args = bench.parse_args(["--variant", "atto", "--size", "32", "--optimizer", choice])
