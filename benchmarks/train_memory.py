@@ -9,8 +9,8 @@ AdamW, make the batch, note the resident set, then one warm-up step and ``--step
 (the median is kept). Reported: the process's peak resident set (``ru_maxrss``), and the peak
 minus the resident set before the first step (what the steps added: activations kept for the
 backward pass, gradients, the optimizer's moments, the backend's buffers), in MiB and per
-image. Ours trains with Keras' ``train_on_batch``, timm with its own loop (channels_last,
-``torch.optim.AdamW``). Timings and memory live here, never in the tests.
+image. Ours trains with Keras' ``train_on_batch`` (``--optimizer``: Keras' AdamW or
+training.train's), timm with its own loop (channels_last, ``torch.optim.AdamW``). Timings and memory live here, never in the tests.
 """
 
 import argparse
@@ -39,14 +39,19 @@ def _rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _ours_step(variant, size, remat):
+def _ours_step(variant, size, remat, optimizer="keras"):
     import keras
 
     import keras_convnext
 
     model = keras_convnext.build(variant, input_shape=(size, size, 3), remat=remat)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05),
-                  loss="sparse_categorical_crossentropy")
+    if optimizer == "recipe":  # training.train's AdamW (on torch: the fused update)
+        from training.recipe import ConvNeXtAdamW
+
+        adamw = ConvNeXtAdamW(learning_rate=1e-4, weight_decay=0.05)
+    else:
+        adamw = keras.optimizers.AdamW(1e-4, weight_decay=0.05)
+    model.compile(optimizer=adamw, loss="sparse_categorical_crossentropy")
 
     def step(images, labels):
         return model.train_on_batch(images, labels)
@@ -80,7 +85,7 @@ def _timm_step(variant, size):
     return step
 
 
-def measure_point(model, variant, batch, size, steps):
+def measure_point(model, variant, batch, size, steps, optimizer="keras"):
     """One point in this process: img/s and peak memory of the training step."""
     import keras
     import numpy as np
@@ -88,7 +93,7 @@ def measure_point(model, variant, batch, size, steps):
     if model == "timm":
         step = _timm_step(variant, size)
     else:
-        step = _ours_step(variant, size, remat=model == "ours_remat")
+        step = _ours_step(variant, size, remat=model == "ours_remat", optimizer=optimizer)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     labels = rng.integers(0, 1000, batch)
@@ -106,6 +111,7 @@ def measure_point(model, variant, batch, size, steps):
     return {
         "backend": keras.backend.backend(), "model": model, "variant": variant,
         "batch": batch, "size": size, "img_s": round(batch / statistics.median(times), 2),
+        "optimizer": "torch AdamW" if model == "timm" else optimizer,
         "first_s": round(first, 2), "times_s": [round(t, 3) for t in times],
         "rss_before_mib": round(rss_before), "peak_rss_mib": round(peak),
         "added_mib": round(added), "added_mib_per_image": round(added / batch, 1),
@@ -121,11 +127,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2, help="timed steps per point")
     p.add_argument("--models", default=",".join(MODELS),
                    help="ours, ours_remat (remat=True), timm (PyTorch only)")
+    p.add_argument("--optimizer", choices=("keras", "recipe"), default="keras",
+                   help="our models' AdamW: keras.optimizers.AdamW, or training.train's "
+                        "(training.recipe.ConvNeXtAdamW: on torch the fused update)")
     p.add_argument("--json", default=None)
     p.add_argument("--point", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.point:  # one point, in this process (run_in_backend's child)
-        result = measure_point(args.point, args.variant, args.batch, args.size, args.steps)
+        result = measure_point(args.point, args.variant, args.batch, args.size, args.steps,
+                               args.optimizer)
         with open(args.json, "w") as f:
             json.dump(result, f)
         return 0
@@ -144,7 +154,7 @@ def main(argv=None):
             result = run_in_backend(
                 __file__, ["--point", model, "--variant", args.variant, "--batch",
                            str(args.batch), "--size", str(args.size), "--steps",
-                           str(args.steps)], backend)
+                           str(args.steps), "--optimizer", args.optimizer], backend)
             if "error" in result:
                 print(f"{backend} {model}: {result['error']}")
                 continue
