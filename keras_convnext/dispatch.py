@@ -34,6 +34,11 @@ layer                fast path
                      ``addcmul`` (in place at inference inside a block), the backward written out.
                      tensorflow: the backward written out (``tf.custom_gradient``). jax: the
                      plain ops (XLA fuses them and their gradient).
+(weights)            torch, at inference: each layer's weights in compute form (bf16 casts,
+                     LayerScale folded into the block end) kept between calls and remade when a
+                     variable changes (``fast.torch_ops.inference_weights``).
+``fused_adam_step``  torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
+                     kernel, one call per group of equal rates; elsewhere Keras' own update.
 ===================  ============================================================================
 
 ``Dense`` also takes ``residual=`` and ``scale=``: ``residual + scale * dense(inputs)``, a block's
