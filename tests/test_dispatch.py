@@ -485,3 +485,35 @@ def test_inference_weight_cache_follows_new_weights(policy, rng):
         for layer, entries in cached.items():
             assert all(torch_ops._INFERENCE_WEIGHTS[layer][tag][1] is made[1]
                        for tag, made in entries.items()), layer.name
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's weight cache")
+def test_inference_weights_remakes_on_change_and_never_caches_inference_mode_tensors():
+    """The cache's rule, directly: an unchanged source is a hit; an in-place update (an
+    optimizer step) or a new value of a small source is a miss; a tensor made under
+    ``torch.inference_mode()`` (no version counter) is never cached, and still computed."""
+    import torch
+
+    from keras_convnext.fast import torch_ops
+
+    owner, calls = ConvNeXtBlock(8), []
+
+    def make(a, b):
+        calls.append(1)
+        return a * 2 + b.sum()
+
+    big, small = torch.ones(64, 100), torch.ones(8)
+    with torch.no_grad():
+        first = torch_ops.inference_weights(owner, "t", make, big, small)
+        assert torch_ops.inference_weights(owner, "t", make, big, small) is first
+        big.add_(1)  # in place: same storage, new version
+        assert torch.equal(torch_ops.inference_weights(owner, "t", make, big, small), big * 2 + 8)
+        torch_ops.inference_weights(owner, "t", make, big, small.clone())  # same values: hit
+        torch_ops.inference_weights(owner, "t", make, big, small * 3)  # new values: miss
+    assert len(calls) == 3
+    with torch.inference_mode():
+        made_here = torch.ones(64, 100)
+        for _ in range(2):
+            out = torch_ops.inference_weights(owner, "u", make, made_here, small)
+            assert torch.equal(out, made_here * 2 + 8)
+    assert len(calls) == 5

@@ -34,8 +34,12 @@ def inference_weights(owner, tag, make, *sources):
     if entries is None:
         entries = _INFERENCE_WEIGHTS[owner] = {}
     hit = entries.get(tag)
-    if hit is None or not _same_sources(hit[0], sources):
-        hit = entries[tag] = (_source_keys(sources), make(*sources))
+    try:
+        if hit is None or not _same_sources(hit[0], sources):
+            hit = entries[tag] = (_source_keys(sources), make(*sources))
+    except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
+        entries.pop(tag, None)
+        return make(*sources)
     return hit[1]
 
 
