@@ -70,6 +70,19 @@ def v1_counterpart(variant):
     return name[len("v2_"):] if name.startswith("v2_") and name[3:] in VARIANTS else name
 
 
+def adamw(choice="keras"):
+    """Our models' optimizer in a benchmark's train step (lr 1e-4, weight decay 0.05, as timm's):
+    ``keras.optimizers.AdamW``, or for ``"recipe"`` training.train's
+    (``training.recipe.ConvNeXtAdamW``: on torch, the fused update)."""
+    import keras
+
+    if choice == "recipe":
+        from training.recipe import ConvNeXtAdamW
+
+        return ConvNeXtAdamW(learning_rate=1e-4, weight_decay=0.05)
+    return keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
+
+
 def keras_entries(args, names):
     import keras
 
@@ -79,15 +92,9 @@ def keras_entries(args, names):
     shape = (args.size, args.size, 3)
     entries = []
 
-    def optimizer():
-        if getattr(args, "optimizer", "keras") == "recipe":  # training.train's AdamW
-            from training.recipe import ConvNeXtAdamW
-
-            return ConvNeXtAdamW(learning_rate=1e-4, weight_decay=0.05)
-        return keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
-
     def compiled(model, jit_compile="auto"):
-        model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy",
+        model.compile(optimizer=adamw(getattr(args, "optimizer", "keras")),
+                      loss="sparse_categorical_crossentropy",
                       jit_compile=jit_compile)
         return model
 

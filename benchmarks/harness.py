@@ -43,6 +43,12 @@ def cpu_flags():
     return set((_cpuinfo("flags") or "").split())
 
 
+def rss_mib():
+    """The current resident set of this process in MiB (Linux ``/proc``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def load_average():
     try:
         return round(os.getloadavg()[0], 2)

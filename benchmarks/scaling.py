@@ -28,13 +28,7 @@ for _path in (REPO, HERE):
         sys.path.insert(0, _path)
 
 import bench  # noqa: E402  (benchmarks/bench.py: timm's entry)
-from harness import ALL_BACKENDS, cpu_name, load_average, run_in_backend  # noqa: E402
-
-
-def _rss_mib():
-    """The current resident set of this process in MiB (Linux ``/proc``)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from harness import ALL_BACKENDS, cpu_name, load_average, rss_mib, run_in_backend  # noqa: E402
 
 
 def _ours(variant, size):
@@ -60,7 +54,7 @@ def measure_point(model, variant, batch, size, steps, gemm_repeats):
 
     infer = (_timm if model == "timm" else _ours)(variant, size)
     images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    rss_before = _rss_mib()
+    rss_before = rss_mib()
     start = time.perf_counter()
     infer(images)
     first = time.perf_counter() - start

@@ -27,31 +27,17 @@ for _path in (REPO, HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import bench  # noqa: E402  (benchmarks/bench.py: importing timm)
-from harness import ALL_BACKENDS, cpu_name, load_average, run_in_backend  # noqa: E402
+import bench  # noqa: E402  (benchmarks/bench.py: importing timm, our AdamW)
+from harness import ALL_BACKENDS, cpu_name, load_average, rss_mib, run_in_backend  # noqa: E402
 
 MODELS = ("ours", "ours_remat", "timm")
 
 
-def _rss_mib():
-    """The current resident set of this process in MiB (Linux ``/proc``)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _ours_step(variant, size, remat, optimizer="keras"):
-    import keras
-
     import keras_convnext
 
     model = keras_convnext.build(variant, input_shape=(size, size, 3), remat=remat)
-    if optimizer == "recipe":  # training.train's AdamW (on torch: the fused update)
-        from training.recipe import ConvNeXtAdamW
-
-        adamw = ConvNeXtAdamW(learning_rate=1e-4, weight_decay=0.05)
-    else:
-        adamw = keras.optimizers.AdamW(1e-4, weight_decay=0.05)
-    model.compile(optimizer=adamw, loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=bench.adamw(optimizer), loss="sparse_categorical_crossentropy")
 
     def step(images, labels):
         return model.train_on_batch(images, labels)
@@ -97,7 +83,7 @@ def measure_point(model, variant, batch, size, steps, optimizer="keras"):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     labels = rng.integers(0, 1000, batch)
-    rss_before = _rss_mib()
+    rss_before = rss_mib()
     start = time.perf_counter()
     step(images, labels)
     first = time.perf_counter() - start

@@ -376,12 +376,10 @@ def _int8_gemm(kernel):
 
     saved = list(torch_ops._INT8_GEMM)
     torch_ops._INT8_GEMM[:] = [kernel]
-    torch_ops._INT8_PACKED.clear()
     try:
         yield
     finally:
         torch_ops._INT8_GEMM[:] = saved
-        torch_ops._INT8_PACKED.clear()
 
 
 @pytest.mark.parametrize("kernel", _int8_gemms())

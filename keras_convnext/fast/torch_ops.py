@@ -35,11 +35,13 @@ def inference_weights(owner, tag, make, *sources):
         entries = _INFERENCE_WEIGHTS[owner] = {}
     hit = entries.get(tag)
     try:
-        if hit is None or not _same_sources(hit[0], sources):
-            hit = entries[tag] = (_source_keys(sources), make(*sources))
+        keys = None if hit is not None and _same_sources(hit[0], sources) else (
+            _source_keys(sources))
     except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
         entries.pop(tag, None)
         return make(*sources)
+    if keys is not None:
+        hit = entries[tag] = (keys, make(*sources))
     return hit[1]
 
 
@@ -200,9 +202,6 @@ def dense_scale_add(inputs, kernel, bias, scale, residual, owner=None):
         inputs.contiguous(), residual.to(dtype).contiguous(), weight, bias, "add")
 
 
-_INT8_PACKED = weakref.WeakKeyDictionary()  # layer -> (the variables' identity, packed weight)
-
-
 def int8_gemm():
     """The CPU int8 GEMM ``int8_dense`` runs on here, or None: ``"onednn"`` (oneDNN's
     ``qlinear_pointwise``, the op of torch's x86 inductor quantization, on AMX tiles or AVX-512
@@ -258,18 +257,15 @@ def int8_dense(owner, inputs, kernel, kernel_scale, bias, gelu=False, residual=N
     int8 through the generic ``matmul``, which on a CPU runs as an int32 matmul: slower than
     float32. Here the input is quantized per tensor (asymmetric uint8, in one fused pass) and
     multiplied with the CPU's int8 dot products. The weights are Keras' exactly (packed once
-    per layer, again when a variable changes); the input quantization differs, so outputs agree
-    with Keras' int8 to int8 rounding, not bit for bit. On oneDNN the GELU, LayerScale (folded
+    per layer and kernel, again when a variable changes: ``inference_weights``); the input
+    quantization differs, so outputs agree with Keras' int8 to int8 rounding, not bit for bit. On oneDNN the GELU, LayerScale (folded
     into the per-channel output scales) and the shortcut (a binary post-op) run inside the
     GEMM; on fbgemm after it."""
-    key = tuple((t.data_ptr(), t._version) for t in (kernel, kernel_scale, bias)
-                if t is not None)
-    cached = _INT8_PACKED.get(owner)
-    if cached is None or cached[0] != key:
-        cached = _INT8_PACKED[owner] = (key, _pack_int8(kernel, kernel_scale, bias))
+    packed = inference_weights(owner, ("int8", int8_gemm()), _pack_int8,
+                               kernel, kernel_scale, bias)
     if int8_gemm() == "onednn":
-        return _onednn_int8_dense(inputs, cached[1], bias, gelu, residual, scale)
-    outputs = torch.ops.quantized.linear_dynamic(inputs.float().contiguous(), cached[1], True)
+        return _onednn_int8_dense(inputs, packed, bias, gelu, residual, scale)
+    outputs = torch.ops.quantized.linear_dynamic(inputs.float().contiguous(), packed, True)
     if gelu:
         outputs = F.gelu(outputs)
     if residual is None:
