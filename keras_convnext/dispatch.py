@@ -8,38 +8,42 @@ serialized form, so checkpoints and ``.keras`` files do not depend on the backen
 The layers here are Keras' own (same variables, same config; registered under
 ``keras_convnext>``) whose ``call`` picks, at call time, the fastest op of the running backend:
 
-===================  ============================================================================
-layer                fast path
-===================  ============================================================================
-``DepthwiseConv2D``  jax: shifted-slice sum with a custom gradient (``fast.jax_ops``); XLA's
-                     CPU grouped convolution does ``channels`` times the work.
-                     torch: ``conv2d`` on the caller's channels_last memory, bias fused, no layout
-                     copies (``fast.torch_ops``). tensorflow: Keras' op
-                     (``tf.nn.depthwise_conv2d``), already the fastest there.
-                     every backend: on a map smaller than the kernel's reach (7x7 on the 2x2
-                     and 1x1 maps of the last stages at 32-64 px) only the taps that can touch
-                     the map (``_taps_in_reach``; the others multiply zero padding).
-``Dense``            torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
-                     oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
-                     GELU fused into the GEMM at inference (oneDNN post-op).
-``Dense`` (int8)     torch, after ``model.quantize("int8")``, at inference: the CPU's int8 GEMM
-                     (``fast.torch_ops.int8_dense``) instead of Keras' int8 ``matmul`` (an int32
-                     matmul on CPU), chosen by CPU feature: oneDNN's (AMX / AVX-512 VNNI; GELU,
-                     LayerScale and shortcut fused) or fbgemm's (AVX2). Inputs quantized per
-                     tensor (Keras: per row): equal to int8 rounding, not bit for bit.
-``Dense`` (GELU)     tensorflow: exact GELU through ``erf`` (``gelu_erf``), not ``erfc``: always (not a
-                     fast path; tf2onnx has no ``Erfc``).
-``Conv2D``           torch: ``conv2d`` on the caller's channels_last memory, bias fused.
-``grn``              torch: float32 squared norms over slices of the map, the affine part as one
-                     ``addcmul`` (in place at inference inside a block), the backward written out.
-                     tensorflow: the backward written out (``tf.custom_gradient``). jax: the
-                     plain ops (XLA fuses them and their gradient).
-(weights)            torch, at inference: each layer's weights in compute form (bf16 casts,
-                     LayerScale folded into the block end) kept between calls and remade when a
-                     variable changes (``fast.torch_ops.inference_weights``).
-``fused_adam_step``  torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
-                     kernel, one call per group of equal rates; elsewhere Keras' own update.
-===================  ============================================================================
+======================  =============================================================================
+layer                   fast path
+======================  =============================================================================
+``DepthwiseConv2D``     jax: shifted-slice sum with a custom gradient (``fast.jax_ops``); XLA's
+                        CPU grouped convolution does ``channels`` times the work.
+                        torch: ``conv2d`` on the caller's channels_last memory, bias fused, no layout
+                        copies (``fast.torch_ops``). tensorflow: Keras' op
+                        (``tf.nn.depthwise_conv2d``), already the fastest there.
+                        every backend: on a map smaller than the kernel's reach (7x7 on the 2x2
+                        and 1x1 maps of the last stages at 32-64 px) only the taps that can touch
+                        the map (``_taps_in_reach``; the others multiply zero padding).
+``Dense``               torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
+                        oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
+                        GELU fused into the GEMM at inference (oneDNN post-op).
+``Dense`` (int8)        torch, after ``model.quantize("int8")``, at inference: the CPU's int8 GEMM
+                        (``fast.torch_ops.int8_dense``) instead of Keras' int8 ``matmul`` (an int32
+                        matmul on CPU), chosen by CPU feature: oneDNN's (AMX / AVX-512 VNNI; GELU,
+                        LayerScale and shortcut fused) or fbgemm's (AVX2). Inputs quantized per
+                        tensor (Keras: per row): equal to int8 rounding, not bit for bit.
+``Dense`` (GELU)        tensorflow: exact GELU through ``erf`` (``gelu_erf``), not ``erfc``: always (not a
+                        fast path; tf2onnx has no ``Erfc``).
+``Conv2D``              torch: ``conv2d`` on the caller's channels_last memory, bias fused.
+``grn``                 torch: float32 squared norms over slices of the map, the affine part as one
+                        ``addcmul`` (in place at inference inside a block), the backward written out.
+                        tensorflow: the backward written out (``tf.custom_gradient``). jax: the
+                        plain ops (XLA fuses them and their gradient).
+(weights)               torch, at inference: each layer's weights in compute form (bf16 casts,
+                        LayerScale folded into the block end) kept between calls and remade when a
+                        variable changes (``fast.torch_ops.inference_weights``).
+``LayerNormalization``  torch, at inference, on a bfloat16/float16 input: torch's mixed-dtype kernel
+                        (half in and out, float32 inside) instead of Keras' float32 copy and cast
+                        back. Training keeps Keras' path (the kernel's gamma/beta gradients are
+                        summed in half precision).
+``fused_adam_step``     torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
+                        kernel, one call per group of equal rates; elsewhere Keras' own update.
+======================  =============================================================================
 
 ``Dense`` also takes ``residual=`` and ``scale=``: ``residual + scale * dense(inputs)``, a block's
 last 1x1 conv, LayerScale and shortcut, which torch runs at inference as one GEMM (the add as a
@@ -375,6 +379,46 @@ class Conv2D(keras.layers.Conv2D):
                                                self.bias if self.use_bias else None)
         return torch_ops.conv2d(
             inputs, kernel, bias, self.strides, self.padding, self.data_format, owner=owner)
+
+
+def _torch_half_layer_norm(layer, inputs):
+    """True where ``layer`` may normalize ``inputs`` with torch's mixed-dtype kernel: on torch
+    at inference (no autograd), a bfloat16/float16 input in the layer's compute dtype,
+    normalized over its last axis only. Training keeps Keras' float32 path: the kernel's
+    backward sums the gamma/beta gradients in half precision (a few % off)."""
+    if not _torch_fast() or layer.rms_scaling:
+        return False
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if dtype not in ("bfloat16", "float16") or dtype != layer.compute_dtype:
+        return False
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if [a % len(inputs.shape) for a in axis] != [len(inputs.shape) - 1]:
+        return False
+    import torch
+
+    return not torch.is_grad_enabled() and inputs.device.type == "cpu"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerNormalization(keras.layers.LayerNormalization):
+    """``keras.layers.LayerNormalization`` (same variables and config). On torch at inference
+    under ``mixed_bfloat16``/``mixed_float16``: torch's mixed-dtype kernel, half precision in
+    and out with float32 statistics and affine inside (what Keras computes), instead of a
+    float32 copy of the map, the norm, and the cast back (three passes and two temporaries)."""
+
+    def call(self, inputs):
+        if not _torch_half_layer_norm(self, inputs):
+            return super().call(inputs)
+        from keras_convnext.fast import torch_ops
+
+        _, (gamma, beta) = _torch_weights(self, self.gamma if self.scale else None,
+                                          self.beta if self.center else None)
+        return torch_ops.layer_norm(inputs, gamma, beta, self.epsilon)
+
+
+def norm_layer(**kwargs):
+    """The LayerNorms of blocks, stems and downsampling layers (weights ``gamma``, ``beta``)."""
+    return LayerNormalization(**kwargs)
 
 
 def dense_layer(units, **kwargs):

@@ -13,7 +13,9 @@ official ``stages.2.5.dwconv.weight``.
 import keras
 from keras import ops
 
-from keras_convnext.dispatch import conv_layer, dense_layer, depthwise_conv_layer, grn
+from keras_convnext.dispatch import (
+    conv_layer, dense_layer, depthwise_conv_layer, grn, norm_layer,
+)
 
 PACKAGE = "keras_convnext"
 LAYER_NORM_EPSILON = 1e-6
@@ -218,7 +220,7 @@ class ConvNeXtBlock(keras.layers.Layer):
             name="dwconv",
             **common,
         )
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = norm_layer(
             epsilon=LAYER_NORM_EPSILON, name="norm", **common
         )
         hidden = int(mlp_ratio * self.dim)
@@ -343,7 +345,7 @@ class Stem(keras.layers.Layer):
             name="conv",
             dtype=self.dtype_policy,
         )
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = norm_layer(
             epsilon=LAYER_NORM_EPSILON,
             name="norm",
             dtype=self.dtype_policy,
@@ -379,7 +381,7 @@ class Downsample(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.data_format = check_data_format(data_format)
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = norm_layer(
             epsilon=LAYER_NORM_EPSILON,
             name="norm",
             dtype=self.dtype_policy,

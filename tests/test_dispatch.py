@@ -515,3 +515,44 @@ def test_inference_weights_remakes_on_change_and_never_caches_inference_mode_ten
             out = torch_ops.inference_weights(owner, "u", make, made_here, small)
             assert torch.equal(out, made_here * 2 + 8)
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_layer_norm_gives_keras_numbers(dtype, rng, monkeypatch):
+    """A LayerNorm of a mixed policy at inference: half precision in and out, float32 inside,
+    as Keras computes it (torch runs its mixed-dtype kernel there; training keeps Keras' path,
+    the gradients of that kernel being summed in half precision)."""
+    policy = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[dtype]
+    ours = dispatch.norm_layer(epsilon=1e-6, dtype=policy)
+    plain = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
+    x_float = rng.standard_normal((2, 5, 5, 16)).astype("float32") * 3 + 1
+    for layer in (ours, plain):
+        layer.build(x_float.shape)
+    weights = [rng.standard_normal((16,)).astype("float32") * 0.5 + 1 for _ in ours.weights]
+    ours.set_weights(weights)
+    plain.set_weights(weights)
+    assert [v.dtype for v in ours.weights] == ["float32", "float32"]
+    x = keras.ops.cast(x_float, dtype)
+    calls = []
+    if BACKEND == "torch":
+        from keras_convnext.fast import torch_ops
+
+        kernel = torch_ops.layer_norm
+        monkeypatch.setattr(torch_ops, "layer_norm", lambda *a: calls.append(1) or kernel(*a))
+    with dispatch.fast_paths(True), _inference():
+        y = ours(x)
+    assert keras.backend.standardize_dtype(y.dtype) == dtype
+    as_float = lambda t: keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))  # noqa: E731
+    ref = as_float(plain(x))
+    # Both normalize in float32 and round once: equal, but for an ulp where the float32
+    # values land near a rounding boundary.
+    np.testing.assert_allclose(as_float(y), ref, rtol=2 ** -7, atol=2 ** -7)
+    assert np.mean(as_float(y) == ref) > 0.95
+    assert calls == ([1] if BACKEND == "torch" else [])
+    calls.clear()
+    upstream = rng.standard_normal(x_float.shape).astype("float32")
+    with dispatch.fast_paths(True):
+        _value_and_grads(ours, x, upstream)  # with autograd: Keras' float32 path
+    assert calls == []
+    assert keras.saving.serialize_keras_object(ours)["registered_name"] == (
+        "keras_convnext>LayerNormalization")

@@ -367,6 +367,13 @@ def conv2d(inputs, kernel, bias, strides, padding, data_format, owner=None):
     return _to_caller_layout(out, data_format)
 
 
+def layer_norm(inputs, gamma, beta, epsilon):
+    """LayerNorm over the last axis of a half-precision map with float32 ``gamma``/``beta``:
+    torch's CPU kernel takes the mixed dtypes itself (statistics and affine in float32, one
+    rounding at the end), so the map is read once and written once."""
+    return torch.nn.functional.layer_norm(inputs, (inputs.shape[-1],), gamma, beta, epsilon)
+
+
 def grn(inputs, gamma, beta, epsilon, channels_last, overwrite_inputs=False):
     """GRN with few passes over the map and no large temporaries (on CPU a fresh tensor of
     feature-map size costs more than the arithmetic: page faults): the squared norm summed in
