@@ -37,10 +37,9 @@ layer                   fast path
 (weights)               torch, at inference: each layer's weights in compute form (bf16 casts,
                         LayerScale folded into the block end) kept between calls and remade when a
                         variable changes (``fast.torch_ops.inference_weights``).
-``LayerNormalization``  torch, at inference, on a bfloat16/float16 input: torch's mixed-dtype kernel
-                        (half in and out, float32 inside) instead of Keras' float32 copy and cast
-                        back. Training keeps Keras' path (the kernel's gamma/beta gradients are
-                        summed in half precision).
+``LayerNormalization``  torch, on a bfloat16/float16 input: torch's mixed-dtype kernel (half in
+                        and out, float32 inside) instead of Keras' float32 copy and cast back;
+                        in training the half map is saved and the backward is float32.
 ``fused_adam_step``     torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
                         kernel, one call per group of equal rates; elsewhere Keras' own update.
 ======================  =============================================================================
@@ -382,10 +381,9 @@ class Conv2D(keras.layers.Conv2D):
 
 
 def _torch_half_layer_norm(layer, inputs):
-    """True where ``layer`` may normalize ``inputs`` with torch's mixed-dtype kernel: on torch
-    at inference (no autograd), a bfloat16/float16 input in the layer's compute dtype,
-    normalized over its last axis only. Training keeps Keras' float32 path: the kernel's
-    backward sums the gamma/beta gradients in half precision (a few % off)."""
+    """True where ``layer`` may normalize ``inputs`` with torch's mixed-dtype kernel: on torch's
+    CPU, a bfloat16/float16 input in the layer's compute dtype, normalized over its last axis
+    only."""
     if not _torch_fast() or layer.rms_scaling:
         return False
     dtype = keras.backend.standardize_dtype(inputs.dtype)
@@ -394,17 +392,17 @@ def _torch_half_layer_norm(layer, inputs):
     axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     if [a % len(inputs.shape) for a in axis] != [len(inputs.shape) - 1]:
         return False
-    import torch
-
-    return not torch.is_grad_enabled() and inputs.device.type == "cpu"
+    return inputs.device.type == "cpu"
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LayerNormalization(keras.layers.LayerNormalization):
-    """``keras.layers.LayerNormalization`` (same variables and config). On torch at inference
-    under ``mixed_bfloat16``/``mixed_float16``: torch's mixed-dtype kernel, half precision in
-    and out with float32 statistics and affine inside (what Keras computes), instead of a
-    float32 copy of the map, the norm, and the cast back (three passes and two temporaries)."""
+    """``keras.layers.LayerNormalization`` (same variables and config). On torch under
+    ``mixed_bfloat16``/``mixed_float16``: torch's mixed-dtype kernel, half precision in and out
+    with float32 statistics and affine inside (what Keras computes), instead of a float32 copy
+    of the map, the norm, and the cast back (three passes and two temporaries); in training
+    the half-precision map is saved for the backward pass (half the memory of Keras' float32
+    copy) and the backward is torch's float32 one."""
 
     def call(self, inputs):
         if not _torch_half_layer_norm(self, inputs):

@@ -518,10 +518,10 @@ def test_inference_weights_remakes_on_change_and_never_caches_inference_mode_ten
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_layer_norm_gives_keras_numbers(dtype, rng, monkeypatch):
-    """A LayerNorm of a mixed policy at inference: half precision in and out, float32 inside,
-    as Keras computes it (torch runs its mixed-dtype kernel there; training keeps Keras' path,
-    the gradients of that kernel being summed in half precision)."""
+def test_half_precision_layer_norm_gives_keras_numbers_and_gradients(dtype, rng, monkeypatch):
+    """A LayerNorm of a mixed policy: half precision in and out, float32 inside, as Keras
+    computes it, and Keras' float32 gradients (torch runs its mixed-dtype kernel, saving the
+    half-precision map, with a float32 backward)."""
     policy = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[dtype]
     ours = dispatch.norm_layer(epsilon=1e-6, dtype=policy)
     plain = keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)
@@ -542,17 +542,25 @@ def test_half_precision_layer_norm_gives_keras_numbers(dtype, rng, monkeypatch):
     with dispatch.fast_paths(True), _inference():
         y = ours(x)
     assert keras.backend.standardize_dtype(y.dtype) == dtype
-    as_float = lambda t: keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))  # noqa: E731
+    as_float = lambda t: np.asarray(  # noqa: E731
+        keras.ops.convert_to_numpy(keras.ops.cast(t, "float32")), "float32")
     ref = as_float(plain(x))
     # Both normalize in float32 and round once: equal, but for an ulp where the float32
     # values land near a rounding boundary.
     np.testing.assert_allclose(as_float(y), ref, rtol=2 ** -7, atol=2 ** -7)
     assert np.mean(as_float(y) == ref) > 0.95
-    assert calls == ([1] if BACKEND == "torch" else [])
-    calls.clear()
-    upstream = rng.standard_normal(x_float.shape).astype("float32")
+    upstream = as_float(keras.ops.cast(rng.standard_normal(x_float.shape).astype("float32"),
+                                       dtype))  # half-precision values, float32 array
     with dispatch.fast_paths(True):
-        _value_and_grads(ours, x, upstream)  # with autograd: Keras' float32 path
-    assert calls == []
+        fast = _value_and_grads(ours, x, upstream)
+    slow = _value_and_grads(plain, x, upstream)
+    assert calls == ([1, 1] if BACKEND == "torch" else [])
+    np.testing.assert_allclose(as_float(fast[0]), as_float(slow[0]), rtol=2 ** -7, atol=2 ** -7)
+    # d/d(input) rounds to half precision in both; gamma's and beta's are float32 sums.
+    scale = np.abs(as_float(slow[1])).max()
+    np.testing.assert_allclose(as_float(fast[1]), as_float(slow[1]), atol=2 ** -7 * scale)
+    for got, want in zip(fast[2], slow[2]):
+        assert np.asarray(got).dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert keras.saving.serialize_keras_object(ours)["registered_name"] == (
         "keras_convnext>LayerNormalization")

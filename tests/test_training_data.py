@@ -80,6 +80,31 @@ def test_translate_shifts_by_at_most_n_pixels_into_a_zero_border():
         _config(translate=16)
 
 
+@pytest.mark.parametrize("shape", [(28, 28, 1), (20, 24, 3)])
+def test_a_whole_image_crop_is_not_sampled_and_gives_the_samplers_result(shape, monkeypatch):
+    """crop_scale (1, 1) with crop_ratio (1, 1) is the whole image (square or not: the box
+    sampler falls back to it): the transform skips the sampler and gives its very numbers."""
+    image = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
+    config = _config(crop_scale=(1, 1), crop_ratio=(1, 1), hflip=True, translate=2,
+                     channels=shape[-1])
+    seeds = [tf.constant([i, 3], tf.int64) for i in range(6)]
+    fast = [data.train_transform(tf.constant(image), config, s).numpy() for s in seeds]
+    # the sampler's path: a crop "range" the shortcut does not recognize, of the same area
+    sampled = _config(crop_scale=(1, 1), crop_ratio=(1, 1.0 + 1e-7), hflip=True, translate=2,
+                      channels=shape[-1])
+    for s, out in zip(seeds, fast):
+        np.testing.assert_array_equal(
+            out, data.train_transform(tf.constant(image), sampled, s).numpy())
+    calls = []
+    real = tf.image.stateless_sample_distorted_bounding_box
+    monkeypatch.setattr(tf.image, "stateless_sample_distorted_bounding_box",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    data.train_transform(tf.constant(image), config, seeds[0])
+    assert calls == []
+    data.train_transform(tf.constant(image), sampled, seeds[0])
+    assert calls == [1]
+
+
 def test_train_pipeline_batches_augmented_images_and_soft_labels():
     config = _config(mixup=0.8, cutmix=1.0, mixup_prob=1.0, random_erasing=0.5,
                      rand_augment_ops=2, rand_augment_factor=0.5, hflip=True)

@@ -484,7 +484,11 @@ def train_transform(image, config, seed):
     """Random-resized-crop (area ``crop_scale``, aspect ``crop_ratio``) to ``image_size``, a
     random shift of up to ``translate`` pixels each way (zero-padded: the pad-and-crop of small
     image benchmarks), then a random horizontal flip (``hflip``), all drawn from the stateless
-    ``seed``. uint8 in, float32 0-255 out."""
+    ``seed``. uint8 in, float32 0-255 out. A crop of area 1 and aspect 1 is the whole image
+    (the box sampler falls back to it where no square covers all), so it is not sampled."""
+    if tuple(config.crop_scale) == (1.0, 1.0) and tuple(config.crop_ratio) == (1.0, 1.0):
+        return _shift_and_flip(_resize(image, (config.image_size, config.image_size)),
+                               config, seed, image.shape[-1])
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -497,12 +501,17 @@ def train_transform(image, config, seed):
     )
     crop = tf.slice(image, begin, size)
     crop.set_shape([None, None, image.shape[-1]])
-    out = _resize(crop, (config.image_size, config.image_size))
+    return _shift_and_flip(_resize(crop, (config.image_size, config.image_size)), config, seed,
+                           image.shape[-1])
+
+
+def _shift_and_flip(out, config, seed, channels):
+    """``train_transform``'s random shift (``translate``) and horizontal flip (``hflip``)."""
     if config.translate:
         pad = config.translate
         padded = tf.pad(out, [[pad, pad], [pad, pad], [0, 0]])
         out = tf.image.stateless_random_crop(
-            padded, [config.image_size, config.image_size, image.shape[-1]],
+            padded, [config.image_size, config.image_size, channels],
             tf.random.experimental.stateless_fold_in(seed, 2))
     if config.hflip:
         out = tf.image.stateless_random_flip_left_right(

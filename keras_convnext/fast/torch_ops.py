@@ -370,8 +370,37 @@ def conv2d(inputs, kernel, bias, strides, padding, data_format, owner=None):
 def layer_norm(inputs, gamma, beta, epsilon):
     """LayerNorm over the last axis of a half-precision map with float32 ``gamma``/``beta``:
     torch's CPU kernel takes the mixed dtypes itself (statistics and affine in float32, one
-    rounding at the end), so the map is read once and written once."""
+    rounding at the end), so the map is read once and written once. With autograd,
+    ``_HalfLayerNorm``: that forward (the half-precision map saved, not a float32 copy) and
+    torch's float32 backward, whose gamma/beta gradients are float32 sums (the mixed-dtype
+    backward sums them in half precision)."""
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (inputs, gamma, beta)):
+        return _HalfLayerNorm.apply(inputs, gamma, beta, epsilon)
     return torch.nn.functional.layer_norm(inputs, (inputs.shape[-1],), gamma, beta, epsilon)
+
+
+class _HalfLayerNorm(torch.autograd.Function):
+    """Half-precision LayerNorm whose backward is Keras' float32 one on the same statistics."""
+
+    @staticmethod
+    def forward(ctx, inputs, gamma, beta, epsilon):
+        outputs, mean, rstd = torch.native_layer_norm(
+            inputs, (inputs.shape[-1],), gamma, beta, epsilon)
+        ctx.save_for_backward(inputs, gamma, beta, mean, rstd)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, upstream):
+        inputs, gamma, beta, mean, rstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[0], gamma is not None and needs[1], beta is not None and needs[2]]
+        d_inputs, d_gamma, d_beta = torch.ops.aten.native_layer_norm_backward(
+            upstream.float(), inputs.float(), (inputs.shape[-1],), mean.float(), rstd.float(),
+            gamma, beta, mask)
+        if d_inputs is not None:
+            d_inputs = d_inputs.to(inputs.dtype)
+        return d_inputs, d_gamma, d_beta, None
 
 
 def grn(inputs, gamma, beta, epsilon, channels_last, overwrite_inputs=False):
