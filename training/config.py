@@ -126,14 +126,14 @@ PRESETS = {
     # Fashion-MNIST (54,000 28x28 gray garments after the held-out 10 %) in <= 30 min on 2 cores:
     # ConvNeXt-atto at 32 px (the 28 px images upsampled; wider variants cost 1.3-3x per image,
     # a finer stem 1.6-2.9x), batch 512, 36 epochs: on PyTorch on a 2-core Intel Xeon with AMX the
-    # step runs at ~1,150 img/s in the run (46-48 s per epoch, 28 min 45 s in all) and the run
+    # step runs at ~1,150 img/s in the run (45-53 s per epoch, 28 min 45 s in all) and the run
     # reaches 92.2 % on the test set. With that many epochs the model needs regularizing: a
     # random shift of up to 2 px (translate) and random erasing 0.25 (without erasing the
     # held-out accuracy trailed by 0.6-0.7 points at epoch 15; erasing 0.5 by 0.9 at epoch 22).
     # At 12 epochs (the old preset: batch 128, flips only, 91.0 %) every regularizer cost as much
     # learning as it saved; the ImageNet crop slows learning at any budget here (the stride-4
     # stem sees a rescaled garment as new content). On TensorFlow the same step is 0.8x as fast
-    # (fewer epochs fit: --epochs 28), on the AVX2-only AMD machine about half (--epochs 12
+    # (fewer epochs fit; not run), on the AVX2-only AMD machine about half (--epochs 12
     # --batch-size 128 --lr 2e-3 --translate 0 --random-erasing 0: 91.0 % in 23.5 min).
     # See training/TRAINING.md for every run.
     "fashion_mnist": {

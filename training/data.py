@@ -487,31 +487,26 @@ def train_transform(image, config, seed):
     ``seed``. uint8 in, float32 0-255 out. A crop of area 1 and aspect 1 is the whole image
     (the box sampler falls back to it where no square covers all), so it is not sampled."""
     if tuple(config.crop_scale) == (1.0, 1.0) and tuple(config.crop_ratio) == (1.0, 1.0):
-        return _shift_and_flip(_resize(image, (config.image_size, config.image_size)),
-                               config, seed, image.shape[-1])
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=tuple(config.crop_ratio),
-        area_range=tuple(config.crop_scale),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(image, begin, size)
-    crop.set_shape([None, None, image.shape[-1]])
-    return _shift_and_flip(_resize(crop, (config.image_size, config.image_size)), config, seed,
-                           image.shape[-1])
-
-
-def _shift_and_flip(out, config, seed, channels):
-    """``train_transform``'s random shift (``translate``) and horizontal flip (``hflip``)."""
+        crop = image
+    else:
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=tuple(config.crop_ratio),
+            area_range=tuple(config.crop_scale),
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        crop = tf.slice(image, begin, size)
+        crop.set_shape([None, None, image.shape[-1]])
+    out = _resize(crop, (config.image_size, config.image_size))
     if config.translate:
         pad = config.translate
         padded = tf.pad(out, [[pad, pad], [pad, pad], [0, 0]])
         out = tf.image.stateless_random_crop(
-            padded, [config.image_size, config.image_size, channels],
+            padded, [config.image_size, config.image_size, image.shape[-1]],
             tf.random.experimental.stateless_fold_in(seed, 2))
     if config.hflip:
         out = tf.image.stateless_random_flip_left_right(
