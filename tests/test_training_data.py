@@ -105,6 +105,56 @@ def test_a_whole_image_crop_is_not_sampled_and_gives_the_samplers_result(shape, 
     assert calls == [1]
 
 
+@pytest.mark.parametrize("translate,hflip", [(0, False), (2, False), (0, True), (2, True)])
+def test_the_batched_transform_shifts_and_flips_each_image_of_the_one_resize(translate, hflip):
+    """Every image of the batch is the per-image path's plain resize, shifted by at most
+    ``translate`` pixels into a zero border and flipped or not, each by its own draw."""
+    images = np.random.default_rng(2).integers(1, 255, (24, 28, 28, 1), dtype=np.uint8)
+    config = _config(crop_scale=(1, 1), hflip=hflip, channels=1, translate=translate)
+    out = data.batched_train_transform(tf.constant(images), config, tf.constant([5, 9])).numpy()
+    assert out.shape == (24, 32, 32, 1) and out.dtype == np.float32
+    plain = _config(crop_scale=(1, 1), hflip=False, channels=1)
+    draws = set()
+    for image, got in zip(images, out):
+        ref = data.train_transform(tf.constant(image), plain, tf.constant([0, 0])).numpy()
+        padded = np.pad(ref, [(translate, translate)] * 2 + [(0, 0)])
+        side = 2 * translate + 1
+        found = [(dy, dx, f) for dy in range(side) for dx in range(side) for f in (0, 1)
+                 if np.allclose(got, (lambda c: c[:, ::-1] if f else c)(
+                     padded[dy:dy + 32, dx:dx + 32]), atol=1e-4)]
+        assert found, "an output image is not a shifted (flipped) copy of the plain resize"
+        draws.add(found[0])
+    assert {f for _, _, f in draws} == ({0, 1} if hflip else {0})
+    shifts = {(dy, dx) for dy, dx, _ in draws}
+    assert len(shifts) > 3 if translate else shifts == {(0, 0)}
+
+
+def test_equal_size_images_with_the_whole_image_as_crop_are_transformed_per_batch(monkeypatch):
+    """The pipeline takes the batched path exactly when it applies (one static size, whole-image
+    crop, no RandAugment), and a stream started at batch k gives the unbroken stream's batch k."""
+    config = _config(crop_scale=(1, 1), crop_ratio=(1, 1), translate=2, hflip=True,
+                     random_erasing=0.25)
+    source = data.load(config)
+    assert data.transforms_per_batch(source, config)
+    assert not data.transforms_per_batch(source, config, augment.image_augment(
+        _config(rand_augment_ops=2)))
+    assert not data.transforms_per_batch(source, _config(crop_scale=(0.5, 1)))
+    calls = []
+    real = data.batched_train_transform
+    monkeypatch.setattr(data, "batched_train_transform",
+                        lambda *a: calls.append(1) or real(*a))
+    ds = data.train_pipeline(source, config, 16, None, augment.batch_augment(config))
+    unbroken = list(ds.take(4).as_numpy_iterator())
+    assert calls  # traced once for the map
+    resumed = next(iter(data.train_pipeline(source, config, 16, None,
+                                            augment.batch_augment(config), start_step=3)))
+    np.testing.assert_array_equal(resumed[0], unbroken[3][0])
+    np.testing.assert_array_equal(resumed[1], unbroken[3][1])
+    images, labels = unbroken[0]
+    assert images.shape == (16, 32, 32, 3) and 0 <= images.min() and images.max() <= 255
+    assert not np.array_equal(unbroken[0][0], unbroken[1][0])
+
+
 def test_train_pipeline_batches_augmented_images_and_soft_labels():
     config = _config(mixup=0.8, cutmix=1.0, mixup_prob=1.0, random_erasing=0.5,
                      rand_augment_ops=2, rand_augment_factor=0.5, hflip=True)

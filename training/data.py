@@ -480,13 +480,18 @@ def _resize(image, size, method="bicubic"):
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
+def whole_image_crop(config):
+    """Whether the random-resized-crop is the identity: area 1 and aspect 1."""
+    return tuple(config.crop_scale) == (1.0, 1.0) and tuple(config.crop_ratio) == (1.0, 1.0)
+
+
 def train_transform(image, config, seed):
     """Random-resized-crop (area ``crop_scale``, aspect ``crop_ratio``) to ``image_size``, a
     random shift of up to ``translate`` pixels each way (zero-padded: the pad-and-crop of small
     image benchmarks), then a random horizontal flip (``hflip``), all drawn from the stateless
     ``seed``. uint8 in, float32 0-255 out. A crop of area 1 and aspect 1 is the whole image
     (the box sampler falls back to it where no square covers all), so it is not sampled."""
-    if tuple(config.crop_scale) == (1.0, 1.0) and tuple(config.crop_ratio) == (1.0, 1.0):
+    if whole_image_crop(config):
         crop = image
     else:
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -512,6 +517,40 @@ def train_transform(image, config, seed):
         out = tf.image.stateless_random_flip_left_right(
             out, tf.random.experimental.stateless_fold_in(seed, 1))
     return out
+
+
+def batched_train_transform(images, config, seed):
+    """``train_transform`` of a batch of equal-size images whose crop is the whole image: one
+    resize for the batch, then every image's own shift (``translate``) and flip (``hflip``) as
+    one gather per axis, drawn from the batch's stateless ``seed``. Per image the same
+    distribution as ``train_transform`` (not the same draws), at a fraction of its per-image
+    op overhead: what small in-memory datasets such as Fashion-MNIST are bound by."""
+    size = config.image_size
+    out = _resize(images, (size, size))
+    n = tf.shape(out)[0]
+    grid = tf.range(size)
+    rows = cols = tf.broadcast_to(grid, [n, size])
+    if config.hflip:
+        flip = tf.random.stateless_uniform(
+            [n, 1], tf.random.experimental.stateless_fold_in(seed, 1)) < 0.5
+        cols = tf.where(flip, size - 1 - grid, grid)
+    if config.translate:
+        pad = config.translate
+        out = tf.pad(out, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        offsets = tf.random.stateless_uniform(
+            [n, 2], tf.random.experimental.stateless_fold_in(seed, 2), minval=0,
+            maxval=2 * pad + 1, dtype=tf.int32)
+        rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
+    out = tf.gather(out, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
+
+
+def transforms_per_batch(source, config, image_augment=None):
+    """Whether ``train_pipeline`` transforms whole batches (``batched_train_transform``): the
+    images share one static size, the crop is the whole image and no per-image augmentation
+    (RandAugment) follows."""
+    shape = source.train.element_spec[0].shape
+    return image_augment is None and shape.is_fully_defined() and whole_image_crop(config)
 
 
 def eval_transform(image, image_size, crop_pct):
@@ -567,8 +606,8 @@ def train_pipeline(source, config, global_batch, image_augment=None, batch_augme
             graph.seed = global_seed
 
     ds = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass).skip(offset)
-    ds = ds.enumerate(start=consumed)
     num_classes = source.num_classes
+    per_batch_transform = transforms_per_batch(source, config, image_augment)
 
     def per_image(index, example):
         image, label = example
@@ -578,11 +617,14 @@ def train_pipeline(source, config, global_batch, image_augment=None, batch_augme
             image = image_augment(image, tf.random.experimental.stateless_fold_in(seed, 7))
         return image, label
 
-    ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
+    if not per_batch_transform:
+        ds = ds.enumerate(start=consumed).map(per_image, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(global_batch, drop_remainder=True).enumerate(start=start_step)
 
     def per_batch(index, batch):
         images, labels = batch
+        if per_batch_transform:
+            images = batched_train_transform(images, config, stateless_seed(config.seed, index))
         labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
         if batch_augment is not None:
             images, labels = batch_augment(images, labels, stateless_seed(config.seed + 1, index))
