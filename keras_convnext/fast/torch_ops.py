@@ -128,8 +128,82 @@ def depthwise_conv2d(inputs, kernel, bias, padding, data_format, owner=None):
         owner, ("depthwise", inputs.dtype, tuple(kernel.shape)),
         lambda k, b: _cast(inputs.dtype)(k.permute(2, 3, 0, 1), b), kernel, bias)
     x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
-    out = F.conv2d(x, weight, bias, stride=1, padding=pad, groups=channels)
+    if _needs_grad(x, weight, bias) and small_map_depthwise(x.shape, weight.shape, pad):
+        out = _SmallMapDepthwise.apply(x, weight, bias, pad)
+    else:
+        out = F.conv2d(x, weight, bias, stride=1, padding=pad, groups=channels)
     return _to_caller_layout(out, data_format)
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+SMALL_MAP = 64  # positions (H * W) up to which the depthwise weight gradient is a batched GEMM
+
+
+def small_map_depthwise(x_shape, weight_shape, pad):
+    """Whether ``_SmallMapDepthwise`` takes a depthwise conv in training: symmetric padding of
+    an odd kernel (Keras' "same" at stride 1) on a map of at most ``SMALL_MAP`` positions.
+    There oneDNN's weight gradient is 1.6x (8x8 maps) to 27x (2x2) slower than the GEMM; on 14x14 maps the GEMM's ``H * W / k**2`` extra work makes it 2-5x slower (measured
+    on AMD EPYC Zen 1, 2 cores, fp32: benchmarks/RESULTS.md)."""
+    kh, kw = weight_shape[2], weight_shape[3]
+    return (kh % 2 == 1 and kw % 2 == 1 and pad != 0 and tuple(pad) == (kh // 2, kw // 2)
+            and x_shape[2] * x_shape[3] <= SMALL_MAP)
+
+
+_TAP_MAPS = {}
+
+
+def _tap_map(height, width, kh, kw, dtype):
+    """The 0/1 matrix ``(H*W * H*W, kh*kw)`` that sums position pairs (input p, output q) into
+    the kernel tap that joins them (p = q + tap - k // 2 on each axis, both inside the map)."""
+    key = (height, width, kh, kw, dtype)
+    if key not in _TAP_MAPS:
+        oh, ow, ti, tj = torch.meshgrid(
+            torch.arange(height), torch.arange(width), torch.arange(kh), torch.arange(kw),
+            indexing="ij")
+        ih, iw = oh + ti - kh // 2, ow + tj - kw // 2
+        inside = (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+        rows = ((ih * width + iw) * (height * width) + oh * width + ow)[inside]
+        cols = (ti * kw + tj)[inside]
+        tap_map = torch.zeros(height * width * height * width, kh * kw, dtype=dtype)
+        tap_map[rows, cols] = 1
+        _TAP_MAPS[key] = tap_map
+    return _TAP_MAPS[key]
+
+
+class _SmallMapDepthwise(torch.autograd.Function):
+    """Depthwise conv (odd kernel, "same", stride 1) whose backward suits small maps: the input
+    gradient is the forward conv with the kernel flipped, and the weight gradient a batched
+    GEMM over channels, ``G_c = X_c^T dY_c`` (positions x positions, summed over the batch:
+    K = batch), whose entries are then summed into the taps that join each pair of positions
+    (``_tap_map``). Same numbers as ``conv2d``'s backward up to float32 summation order."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pad):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, stride=1, padding=pad, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, upstream):
+        x, weight = ctx.saved_tensors
+        n, channels, height, width = x.shape
+        kh, kw = weight.shape[2], weight.shape[3]
+        d_x = d_weight = d_bias = None
+        if ctx.needs_input_grad[0]:
+            d_x = F.conv2d(upstream, weight.flip(2, 3), None, stride=1,
+                           padding=(kh // 2, kw // 2), groups=channels)
+        if ctx.needs_input_grad[1]:
+            by_channel = x.permute(1, 0, 2, 3).reshape(channels, n, height * width).contiguous()
+            dy = upstream.permute(1, 0, 2, 3).reshape(channels, n, height * width).contiguous()
+            pairs = torch.bmm(by_channel.transpose(1, 2), dy)  # (C, p, q)
+            taps = pairs.reshape(channels, -1) @ _tap_map(height, width, kh, kw, pairs.dtype)
+            d_weight = taps.reshape(channels, 1, kh, kw)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            d_bias = upstream.sum((0, 2, 3))
+        return d_x, d_weight, d_bias, None
 
 
 def dense(inputs, kernel, bias, gelu=False, owner=None):
@@ -211,10 +285,8 @@ def int8_gemm():
     see benchmarks/RESULTS.md, int8."""
     if _INT8_GEMM:
         return _INT8_GEMM[0]
-    features = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     kernel = None
-    if (any(features.get(name) for name in ("amx_int8", "avx512_vnni", "avx_vnni"))
-            and hasattr(torch.ops.onednn, "qlinear_pointwise") and _onednn_int8_runs()):
+    if onednn_int8_supported():
         kernel = "onednn"
     elif _fbgemm_runs():
         kernel = "fbgemm"
@@ -233,6 +305,15 @@ def int8_gemm_available():
 def _fbgemm_runs():
     return (torch.backends.quantized.engine in ("x86", "fbgemm")
             and hasattr(torch.ops.quantized, "linear_dynamic"))
+
+
+def onednn_int8_supported():
+    """Whether oneDNN's int8 GEMM is right for this CPU: it has int8 dot-product instructions
+    (AMX, AVX-512 VNNI or AVX-VNNI) and the op runs. On AVX2 alone oneDNN's u8 x s8 products
+    saturate in int16 (``vpmaddubsw``): measured 20 % off on an AMD EPYC Zen 1, so never there."""
+    features = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return (any(features.get(name) for name in ("amx_int8", "avx512_vnni", "avx_vnni"))
+            and hasattr(torch.ops.onednn, "qlinear_pointwise") and _onednn_int8_runs())
 
 
 def _onednn_int8_runs():
@@ -362,9 +443,27 @@ def conv2d(inputs, kernel, bias, strides, padding, data_format, owner=None):
     weight, bias = inference_weights(
         owner, ("conv", inputs.dtype),
         lambda k, b: _cast(inputs.dtype)(k.permute(3, 2, 0, 1), b), kernel, bias)
+    if (_needs_grad(inputs, weight, bias) and data_format == "channels_last"
+            and padding == "valid" and tuple(strides) == (kh, kw)):
+        return patchify(inputs, kernel.to(inputs.dtype), bias, kh, kw)
     x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad)
     return _to_caller_layout(out, data_format)
+
+
+def patchify(inputs, kernel, bias, kh, kw):
+    """A conv whose stride is its kernel (the stem, the downsampling layers) on NHWC input as
+    one GEMM: the non-overlapping patches flattened in Keras' kernel order (kh, kw, in), times
+    the kernel as a (kh*kw*in, out) matrix. Its backward is two GEMMs, 1.2-5x faster than
+    oneDNN's strided-conv backward on CPU (benchmarks/RESULTS.md); used in training."""
+    n, height, width, channels = inputs.shape
+    rows, cols = height // kh, width // kw
+    patches = (inputs[:, :rows * kh, :cols * kw]
+               .reshape(n, rows, kh, cols, kw, channels).permute(0, 1, 3, 2, 4, 5)
+               .reshape(n * rows * cols, kh * kw * channels))
+    matrix = kernel.reshape(kh * kw * channels, -1)
+    out = patches @ matrix if bias is None else torch.addmm(bias, patches, matrix)
+    return out.view(n, rows, cols, -1)
 
 
 def layer_norm(inputs, gamma, beta, epsilon):
