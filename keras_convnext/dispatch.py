@@ -19,6 +19,9 @@ layer                   fast path
                         every backend: on a map smaller than the kernel's reach (7x7 on the 2x2
                         and 1x1 maps of the last stages at 32-64 px) only the taps that can touch
                         the map (``_taps_in_reach``; the others multiply zero padding).
+                        torch, training, maps of <= 64 positions (8x8, and ConvNeXt-T's last 7x7
+                        stage): the weight gradient as a batched GEMM over channels
+                        (``torch_ops._SmallMapDepthwise``), 1.6-27x oneDNN's there.
 ``Dense``               torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
                         oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
                         GELU fused into the GEMM at inference (oneDNN post-op).
@@ -29,7 +32,9 @@ layer                   fast path
                         tensor (Keras: per row): equal to int8 rounding, not bit for bit.
 ``Dense`` (GELU)        tensorflow: exact GELU through ``erf`` (``gelu_erf``), not ``erfc``: always (not a
                         fast path; tf2onnx has no ``Erfc``).
-``Conv2D``              torch: ``conv2d`` on the caller's channels_last memory, bias fused.
+``Conv2D``              torch: ``conv2d`` on the caller's channels_last memory, bias fused; in
+                        training a conv whose stride is its kernel (stem, downsampling) as one
+                        GEMM on the flattened patches (``torch_ops.patchify``).
 ``grn``                 torch: float32 squared norms over slices of the map, the affine part as one
                         ``addcmul`` (in place at inference inside a block), the backward written out.
                         tensorflow: the backward written out (``tf.custom_gradient``). jax: the
