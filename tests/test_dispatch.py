@@ -27,6 +27,16 @@ CASES = [
 ]
 
 
+def _same_random_weights(ours, plain, shape, rng, scale=1.0):
+    """Builds both layers for ``shape`` and gives them the same random weights."""
+    for layer in (ours, plain):
+        layer.build(shape)
+    weights = [rng.standard_normal(w.shape).astype("float32") * scale for w in ours.weights]
+    ours.set_weights(weights)
+    plain.set_weights(weights)
+    return ours, plain
+
+
 def _layers(kernel_size, padding, data_format, channels, rng, dtype=None):
     """Ours and keras.layers.DepthwiseConv2D with identical random weights."""
     # Constant initializers: the weights are set below, and on JAX every random initializer
@@ -36,12 +46,7 @@ def _layers(kernel_size, padding, data_format, channels, rng, dtype=None):
     ours = dispatch.depthwise_conv_layer(**kwargs)
     plain = keras.layers.DepthwiseConv2D(**kwargs)
     shape = (None, channels, 9, 10) if data_format == "channels_first" else (None, 9, 10, channels)
-    ours.build(shape)
-    plain.build(shape)
-    weights = [rng.standard_normal(w.shape).astype("float32") * 0.3 for w in ours.weights]
-    ours.set_weights(weights)
-    plain.set_weights(weights)
-    return ours, plain
+    return _same_random_weights(ours, plain, shape, rng, scale=0.3)
 
 
 def _input(data_format, channels, rng, batch=2):
@@ -145,11 +150,7 @@ def test_depthwise_on_maps_smaller_than_its_kernel_matches_keras(height, width, 
     ours, plain = dispatch.depthwise_conv_layer(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
     shape = ((2, channels, height, width) if data_format == "channels_first"
              else (2, height, width, channels))
-    for layer in (ours, plain):
-        layer.build(shape)
-    weights = [rng.standard_normal(w.shape).astype("float32") for w in ours.weights]
-    ours.set_weights(weights)
-    plain.set_weights(weights)
+    _same_random_weights(ours, plain, shape, rng)
     x = rng.standard_normal(shape).astype("float32")
     upstream = rng.standard_normal(shape).astype("float32")
     with dispatch.fast_paths(True):
@@ -204,11 +205,7 @@ def test_fast_dense_and_conv_match_keras(kind, rng):
                                kernel_initializer="zeros")
         x = rng.standard_normal((2, 8, 8, 6)).astype("float32")
         ours, plain = make(dispatch.Conv2D), make(keras.layers.Conv2D)
-    ours.build(x.shape)
-    plain.build(x.shape)
-    weights = [rng.standard_normal(w.shape).astype("float32") * 0.3 for w in ours.weights]
-    ours.set_weights(weights)
-    plain.set_weights(weights)
+    _same_random_weights(ours, plain, x.shape, rng, scale=0.3)
     assert [(w.path.split("/")[-1], tuple(w.shape)) for w in ours.weights] == [
         (w.path.split("/")[-1], tuple(w.shape)) for w in plain.weights]
     upstream = rng.standard_normal(plain.compute_output_shape(x.shape)).astype("float32")
@@ -246,11 +243,7 @@ def test_small_map_depthwise_training_matches_keras(height, width, small, rng, m
     kwargs = dict(kernel_size=7, padding="same", depthwise_initializer="zeros")
     ours, plain = dispatch.depthwise_conv_layer(**kwargs), keras.layers.DepthwiseConv2D(**kwargs)
     shape = (batch, height, width, channels)
-    for layer in (ours, plain):
-        layer.build(shape)
-    weights = [rng.standard_normal(w.shape).astype("float32") for w in ours.weights]
-    ours.set_weights(weights)
-    plain.set_weights(weights)
+    _same_random_weights(ours, plain, shape, rng)
     x = rng.standard_normal(shape).astype("float32")
     upstream = rng.standard_normal(shape).astype("float32")
     calls = []
@@ -275,12 +268,8 @@ def test_patchify_conv_training_matches_keras(kernel, shape, rng, monkeypatch):
     patch dropped, as "valid" does); values and gradients stay Keras'."""
     make = lambda cls: cls(7, kernel, strides=kernel, padding="valid",  # noqa: E731
                            kernel_initializer="zeros")
-    ours, plain = make(dispatch.Conv2D), make(keras.layers.Conv2D)
-    for layer in (ours, plain):
-        layer.build(shape)
-    weights = [rng.standard_normal(w.shape).astype("float32") * 0.3 for w in ours.weights]
-    ours.set_weights(weights)
-    plain.set_weights(weights)
+    ours, plain = _same_random_weights(
+        make(dispatch.Conv2D), make(keras.layers.Conv2D), shape, rng, scale=0.3)
     x = rng.standard_normal(shape).astype("float32")
     upstream = rng.standard_normal(plain.compute_output_shape(shape)).astype("float32")
     calls = []

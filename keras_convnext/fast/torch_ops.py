@@ -145,8 +145,9 @@ SMALL_MAP = 64  # positions (H * W) up to which the depthwise weight gradient is
 def small_map_depthwise(x_shape, weight_shape, pad):
     """Whether ``_SmallMapDepthwise`` takes a depthwise conv in training: symmetric padding of
     an odd kernel (Keras' "same" at stride 1) on a map of at most ``SMALL_MAP`` positions.
-    There oneDNN's weight gradient is 1.6x (8x8 maps) to 27x (2x2) slower than the GEMM; on 14x14 maps the GEMM's ``H * W / k**2`` extra work makes it 2-5x slower (measured
-    on AMD EPYC Zen 1, 2 cores, fp32: benchmarks/RESULTS.md)."""
+    There oneDNN's weight gradient is 1.6x (8x8 maps) to 27x (2x2) slower than the GEMM; on
+    14x14 maps the GEMM's ``H * W / k**2`` extra work makes it 2-5x slower (measured on AMD
+    EPYC Zen 1, 2 cores, fp32: benchmarks/RESULTS.md)."""
     kh, kw = weight_shape[2], weight_shape[3]
     return (kh % 2 == 1 and kw % 2 == 1 and pad != 0 and tuple(pad) == (kh // 2, kw // 2)
             and x_shape[2] * x_shape[3] <= SMALL_MAP)
@@ -440,12 +441,12 @@ def conv2d(inputs, kernel, bias, strides, padding, data_format, owner=None):
     docstring; ``conv2d_supported`` says which configurations; ``owner``: the layer, for
     ``inference_weights``."""
     kh, kw = kernel.shape[0], kernel.shape[1]
+    if (_needs_grad(inputs, kernel, bias) and data_format == "channels_last"
+            and padding == "valid" and tuple(strides) == (kh, kw)):
+        return patchify(inputs, *_cast(inputs.dtype)(kernel, bias), kh, kw)
     weight, bias = inference_weights(
         owner, ("conv", inputs.dtype),
         lambda k, b: _cast(inputs.dtype)(k.permute(3, 2, 0, 1), b), kernel, bias)
-    if (_needs_grad(inputs, weight, bias) and data_format == "channels_last"
-            and padding == "valid" and tuple(strides) == (kh, kw)):
-        return patchify(inputs, kernel.to(inputs.dtype), bias, kh, kw)
     x, weight, pad = _nchw_view_and_padding(inputs, weight, padding, data_format, kh, kw)
     out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad)
     return _to_caller_layout(out, data_format)
@@ -473,8 +474,7 @@ def layer_norm(inputs, gamma, beta, epsilon):
     ``_HalfLayerNorm``: that forward (the half-precision map saved, not a float32 copy) and
     torch's float32 backward, whose gamma/beta gradients are float32 sums (the mixed-dtype
     backward sums them in half precision)."""
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (inputs, gamma, beta)):
+    if _needs_grad(inputs, gamma, beta):
         return _HalfLayerNorm.apply(inputs, gamma, beta, epsilon)
     return torch.nn.functional.layer_norm(inputs, (inputs.shape[-1],), gamma, beta, epsilon)
 
