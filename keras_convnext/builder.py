@@ -35,6 +35,7 @@ from keras_convnext.layers import (
     Downsample,
     ImageNormalization,
     Stem,
+    conv_initializer,
 )
 
 
@@ -200,7 +201,7 @@ def classification_head(
         return keras.layers.Dense(
             classes,
             activation=classifier_activation,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            kernel_initializer=conv_initializer(),
             name=PREDICTIONS,
             dtype=head_dtype,
         )(x)

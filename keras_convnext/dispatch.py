@@ -45,6 +45,9 @@ layer                   fast path
 ``LayerNormalization``  torch, on a bfloat16/float16 input: torch's mixed-dtype kernel (half in
                         and out, float32 inside) instead of Keras' float32 copy and cast back;
                         in training the half map is saved and the backward is float32.
+``TruncatedNormal``     torch: the kernels' initial values drawn in place (inverse CDF) instead of
+                        Keras' 4-candidate draw, whose ~10x temporaries the heap keeps (~250 MiB
+                        for ConvNeXt-T, a floor under every later peak of the process).
 ``fused_adam_step``     torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
                         kernel, one call per group of equal rates; elsewhere Keras' own update.
 ======================  =============================================================================
@@ -417,6 +420,25 @@ class LayerNormalization(keras.layers.LayerNormalization):
         _, (gamma, beta) = _torch_weights(self, self.gamma if self.scale else None,
                                           self.beta if self.center else None)
         return torch_ops.layer_norm(inputs, gamma, beta, self.epsilon)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TruncatedNormal(keras.initializers.TruncatedNormal):
+    """Keras' TruncatedNormal (same config, same distribution: within 2 ``stddev``); on torch
+    drawn in place (``fast.torch_ops.truncated_normal``) instead of through Keras' 4-candidate
+    draw, whose temporaries (~10x each weight) stay in the process's heap after the build."""
+
+    def __call__(self, shape, dtype=None):
+        if _torch_fast():
+            from keras_convnext.fast import torch_ops
+
+            return torch_ops.truncated_normal(shape, self.mean, self.stddev, dtype, self.seed)
+        return super().__call__(shape, dtype=dtype)
+
+
+def truncated_normal(stddev):
+    """The initializer of every conv and linear kernel (the reference's trunc_normal)."""
+    return TruncatedNormal(stddev=stddev)
 
 
 def norm_layer(**kwargs):

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from keras_convnext.dispatch import (
-    conv_layer, dense_layer, depthwise_conv_layer, grn, norm_layer,
+    conv_layer, dense_layer, depthwise_conv_layer, grn, norm_layer, truncated_normal,
 )
 
 PACKAGE = "keras_convnext"
@@ -23,7 +23,7 @@ LAYER_NORM_EPSILON = 1e-6
 
 def conv_initializer():
     # The reference initializes every conv and linear weight with trunc_normal(std=0.02).
-    return keras.initializers.TruncatedNormal(stddev=0.02)
+    return truncated_normal(stddev=0.02)
 
 
 def channel_axis(data_format):

@@ -362,6 +362,40 @@ def test_block_inference_fusion_matches_the_layers(layer_scale, rng, monkeypatch
         assert len(fused) == 1 and fused[0] is not None  # the fused op ran
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_kernel_initializer_draws_the_truncated_normal_and_follows_the_seed(fast, monkeypatch):
+    """Every conv and linear kernel starts from ``dispatch.TruncatedNormal(stddev=0.02)``: on
+    torch drawn in place (``torch_ops.truncated_normal``), elsewhere and with the fast paths off
+    Keras' own draw. Either way: values within 2 stddev with the truncated normal's spread
+    (std 0.8796 stddev, 71.5 % within one), the same values for the same seed, new ones for
+    another, and Keras' config."""
+    calls = []
+    if BACKEND == "torch":
+        from keras_convnext.fast import torch_ops
+
+        calls = _count_calls(monkeypatch, torch_ops, "truncated_normal")
+    draw = lambda seed, dtype=None: keras.ops.convert_to_numpy(  # noqa: E731
+        dispatch.TruncatedNormal(stddev=0.02, seed=seed)((300, 200), dtype=dtype))
+    with dispatch.fast_paths(fast):
+        a, again, other = draw(3), draw(3), draw(4)
+        half = draw(3, "bfloat16").astype("float32")
+    assert a.shape == (300, 200) and a.dtype == np.float32
+    assert np.abs(a).max() <= 0.04 and np.abs(half).max() <= 0.0401
+    assert abs(a.mean()) < 5e-4 and a.std() == pytest.approx(0.8796 * 0.02, rel=0.02)
+    assert np.mean(np.abs(a) < 0.02) == pytest.approx(0.7152, abs=0.01)
+    np.testing.assert_array_equal(a, again)
+    assert not np.allclose(a, other)
+    assert half.std() == pytest.approx(0.8796 * 0.02, rel=0.03)
+    assert len(calls) == (4 if fast and BACKEND == "torch" else 0)
+    if not calls:  # Keras' draw, value for value
+        keras_draw = keras.initializers.TruncatedNormal(stddev=0.02, seed=3)((300, 200))
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(keras_draw))
+    init = dispatch.TruncatedNormal(stddev=0.02, seed=3)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(init))
+    assert type(restored) is dispatch.TruncatedNormal
+    assert restored.get_config() == keras.initializers.TruncatedNormal(stddev=0.02, seed=3).get_config()
+
+
 def test_fast_path_switch():
     initial = dispatch.fast_paths_enabled()
     with dispatch.fast_paths(False):

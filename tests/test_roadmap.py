@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND, REPO
 
-from keras_convnext import ConvNeXt, ConvNeXtTiny, count_flops, roadmap
+from keras_convnext import ConvNeXt, ConvNeXtTiny, count_flops, dispatch, roadmap
 from keras_convnext.roadmap import ROADMAP, STEPS, RoadmapConfig, get_config, get_step
 
 # The paper's facts as the project keeps them (../shared/PAPER.md, beside the checkout in every
@@ -124,6 +124,10 @@ def test_an_unknown_step_or_option_is_refused():
 # ------------------------------------------------------- full size, 224 px
 
 
+# Keras' class and ours (dispatch.TruncatedNormal, which the layers use: its own __call__).
+TRUNCATED_NORMALS = (keras.initializers.TruncatedNormal, dispatch.TruncatedNormal)
+
+
 def _zeros(self, shape, dtype=None):
     return keras.ops.zeros(shape, dtype=dtype)
 
@@ -135,7 +139,8 @@ def _numpy_normal(self, shape, dtype=None):
 
 @pytest.fixture(autouse=True)
 def cheap_init(monkeypatch):
-    monkeypatch.setattr(keras.initializers.TruncatedNormal, "__call__", _numpy_normal)
+    for cls in TRUNCATED_NORMALS:
+        monkeypatch.setattr(cls, "__call__", _numpy_normal)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +153,8 @@ def counted():
     """
     results = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(keras.initializers.TruncatedNormal, "__call__", _zeros)
+        for cls in TRUNCATED_NORMALS:
+            patch.setattr(cls, "__call__", _zeros)
         for step in STEPS:
             with keras.StatelessScope(initialize_variables=False):
                 model = roadmap.build(step, input_shape=(224, 224, 3))

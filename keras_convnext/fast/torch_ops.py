@@ -207,6 +207,29 @@ class _SmallMapDepthwise(torch.autograd.Function):
         return d_x, d_weight, d_bias, None
 
 
+def truncated_normal(shape, mean, stddev, dtype, seed):
+    """Keras' truncated normal (values within 2 ``stddev`` of ``mean``), drawn in place by the
+    inverse CDF (``torch.nn.init.trunc_normal_``). Keras' torch version draws 4 candidates per
+    value and gathers with int64 indices: about 10x the weight in temporaries, which the C heap
+    keeps after the model is built (~250 MiB for ConvNeXt-T, counted in every later peak).
+    ``seed``: a Keras seed (int or ``SeedGenerator``), turned into the torch generator's seed by
+    one ``keras.random.randint`` draw, so the same seed gives the same weights."""
+    import keras
+    from keras.src.backend.torch.core import get_device
+
+    device = get_device()  # Keras' device for new tensors
+    dtype = getattr(torch, keras.backend.standardize_dtype(dtype or keras.config.floatx()))
+    if device == "meta":  # symbolic build: no values
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    start = int(keras.random.randint((), 0, 2**31 - 1, seed=seed))
+    generator = torch.Generator(device=device).manual_seed(start)
+    draw_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    out = torch.empty(tuple(shape), dtype=draw_dtype, device=device)  # erfinv_: no CPU half
+    torch.nn.init.trunc_normal_(out, mean, stddev, mean - 2 * stddev, mean + 2 * stddev,
+                                generator=generator)
+    return out.to(dtype)
+
+
 def dense(inputs, kernel, bias, gelu=False, owner=None):
     """``inputs @ kernel + bias`` as one GEMM with the bias added inside it (not in a second
     pass over the output), then exact GELU when ``gelu``. On a oneDNN build (not under

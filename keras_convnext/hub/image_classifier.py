@@ -6,7 +6,7 @@ from keras_hub.models import ImageClassifier, Task
 from keras_convnext.architecture import HEAD_NORM, PREDICTIONS
 from keras_convnext.hub.backbone import ConvNeXtBackbone
 from keras_convnext.hub.preprocessing import ConvNeXtImageClassifierPreprocessor
-from keras_convnext.layers import LAYER_NORM_EPSILON
+from keras_convnext.layers import LAYER_NORM_EPSILON, conv_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_convnext")
@@ -43,7 +43,7 @@ class ConvNeXtImageClassifier(ImageClassifier):
                                                    name="output_dropout")
         self.output_dense = keras.layers.Dense(
             num_classes, activation=activation, dtype=head_dtype, name=PREDICTIONS,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+            kernel_initializer=conv_initializer())
 
         inputs = backbone.input
         x = self.pooler(backbone(inputs))
