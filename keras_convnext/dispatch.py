@@ -46,7 +46,7 @@ layer                   fast path
                         and out, float32 inside) instead of Keras' float32 copy and cast back;
                         in training the half map is saved and the backward is float32.
 ``TruncatedNormal``     torch: the kernels' initial values drawn in place (inverse CDF) instead of
-                        Keras' 4-candidate draw, whose ~10x temporaries the heap keeps (~250 MiB
+                        Keras' 4-candidate draw, whose ~10x temporaries the heap keeps (~120 MiB
                         for ConvNeXt-T, a floor under every later peak of the process).
 ``fused_adam_step``     torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
                         kernel, one call per group of equal rates; elsewhere Keras' own update.

@@ -393,7 +393,8 @@ def test_kernel_initializer_draws_the_truncated_normal_and_follows_the_seed(fast
     init = dispatch.TruncatedNormal(stddev=0.02, seed=3)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(init))
     assert type(restored) is dispatch.TruncatedNormal
-    assert restored.get_config() == keras.initializers.TruncatedNormal(stddev=0.02, seed=3).get_config()
+    keras_config = keras.initializers.TruncatedNormal(stddev=0.02, seed=3).get_config()
+    assert restored.get_config() == keras_config
 
 
 def test_fast_path_switch():

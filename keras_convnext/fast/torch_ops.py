@@ -211,7 +211,7 @@ def truncated_normal(shape, mean, stddev, dtype, seed):
     """Keras' truncated normal (values within 2 ``stddev`` of ``mean``), drawn in place by the
     inverse CDF (``torch.nn.init.trunc_normal_``). Keras' torch version draws 4 candidates per
     value and gathers with int64 indices: about 10x the weight in temporaries, which the C heap
-    keeps after the model is built (~250 MiB for ConvNeXt-T, counted in every later peak).
+    keeps after the model is built (~120 MiB of RSS for ConvNeXt-T, under every later peak).
     ``seed``: a Keras seed (int or ``SeedGenerator``), turned into the torch generator's seed by
     one ``keras.random.randint`` draw, so the same seed gives the same weights."""
     import keras
