@@ -237,17 +237,29 @@ def dense(inputs, kernel, bias, gelu=False, owner=None):
     (inference) the GELU runs inside it as a post-op (``mkldnn._linear_pointwise``, the op that
     ``torch.compile`` fuses to; the same erf GELU); otherwise ``F.linear``. ``kernel`` is Keras'
     (in, out); ``owner``: the layer, for ``inference_weights``."""
-    kernel, bias = inference_weights(owner, ("dense", inputs.dtype), _cast(inputs.dtype),
-                                     kernel, bias)
-    weight = kernel.t()  # a view: oneDNN and addmm read the transposed layout directly
-    if gelu and _onednn_inference(inputs.dtype):
+    dtype = inputs.dtype
+    if gelu and _onednn_inference(dtype):
+        weight, bias = inference_weights(owner, ("dense oneDNN", dtype), _linear_layout(dtype),
+                                         kernel, bias)
         return torch.ops.mkldnn._linear_pointwise(
             inputs.contiguous(), weight, bias, "gelu", [], "none")
-    if torch.is_grad_enabled() and _onednn_eager(inputs.dtype):
+    kernel, bias = inference_weights(owner, ("dense", dtype), _cast(dtype), kernel, bias)
+    if torch.is_grad_enabled() and _onednn_eager(dtype):
         out = _OneDNNLinear.apply(inputs.contiguous(), kernel, bias)
     else:
-        out = F.linear(inputs, weight, bias)
+        out = F.linear(inputs, kernel.t(), bias)  # addmm reads the (in, out) kernel as it is
     return F.gelu(out) if gelu else out
+
+
+def _linear_layout(dtype):
+    """``make`` for ``inference_weights``: Keras' (in, out) kernel as the contiguous (out, in)
+    weight of oneDNN's linear (and the bias) in ``dtype``. Handed the transposed view instead,
+    oneDNN picks a slow kernel for the wide layers: 1.6-2.2x the time of stage 3's pwconv1 and
+    both of stage 4's at ConvNeXt-T's shapes (AMD EPYC Zen 1, benchmarks/RESULTS.md)."""
+    def make(kernel, bias):
+        weight = kernel.to(dtype).t().contiguous()
+        return weight, None if bias is None else bias.to(dtype)
+    return make
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -259,7 +271,8 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, kernel, bias):
         ctx.save_for_backward(x, kernel)
         ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, kernel.t(), bias, "none", [], "")
+        weight = kernel.t().contiguous()  # see _linear_layout: the view is slow for wide layers
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     @staticmethod
     def backward(ctx, dy):
@@ -293,7 +306,7 @@ def dense_scale_add(inputs, kernel, bias, scale, residual, owner=None):
             scale = scale.to(torch.float32)
             kernel = kernel * scale
             bias = bias * scale if bias is not None else None
-        return kernel.t().to(dtype), (bias.to(dtype) if bias is not None else None)
+        return kernel.t().to(dtype).contiguous(), (bias.to(dtype) if bias is not None else None)
 
     weight, bias = inference_weights(owner, ("block end", dtype), fold, kernel, bias, scale)
     return torch.ops.mkldnn._linear_pointwise.binary(
