@@ -254,8 +254,8 @@ def dense(inputs, kernel, bias, gelu=False, owner=None):
 def _linear_layout(dtype):
     """``make`` for ``inference_weights``: Keras' (in, out) kernel as the contiguous (out, in)
     weight of oneDNN's linear (and the bias) in ``dtype``. Handed the transposed view instead,
-    oneDNN picks a slow kernel for the wide layers: 1.6-2.2x the time of stage 3's pwconv1 and
-    both of stage 4's at ConvNeXt-T's shapes (AMD EPYC Zen 1, benchmarks/RESULTS.md)."""
+    oneDNN picks a slow kernel for the wide layers: up to 1.7x (Intel AMX) and 2.2x (AMD Zen 1)
+    the time at ConvNeXt-T's stage-3/4 shapes (benchmarks/linear_layout.py, RESULTS.md)."""
     def make(kernel, bias):
         weight = kernel.to(dtype).t().contiguous()
         return weight, None if bias is None else bias.to(dtype)
