@@ -135,9 +135,10 @@ PRESETS = {
     # stem sees a rescaled garment as new content). On TensorFlow the same step is 0.8x as fast
     # (fewer epochs fit; not run), on the AVX2-only AMD machine about half (--epochs 12
     # --batch-size 128 --lr 2e-3 --translate 0 --random-erasing 0: 91.0 % in 23.5 min).
-    # The figures above predate the torch training paths for small maps (depthwise weight
-    # gradient and patchify convs as GEMMs), measured 1.37x on this preset's step on a slower
-    # AMD EPYC (Zen 1) and not yet on the Intel machine (benchmarks/RESULTS.md).
+    # The torch training paths for small maps (depthwise weight gradient and patchify convs as
+    # GEMMs) made this step 1.37x faster on a slower AMD EPYC (Zen 1) and left it as it was on
+    # the Intel machine; with the per-batch input pipeline an epoch there now takes 40-46 s, and
+    # 44 epochs (92.46 %) or 41 at lr 6e-3 (92.33 %) ran 31 min (benchmarks/RESULTS.md).
     # See training/TRAINING.md for every run.
     "fashion_mnist": {
         "model": "atto",
