@@ -255,10 +255,11 @@ def _linear_layout(dtype):
     """``make`` for ``inference_weights``: Keras' (in, out) kernel as the contiguous (out, in)
     weight of oneDNN's linear (and the bias) in ``dtype``. Handed the transposed view instead,
     oneDNN picks a slow kernel for the wide layers: up to 1.7x (Intel AMX) and 2.2x (AMD Zen 1)
-    the time at ConvNeXt-T's stage-3/4 shapes (benchmarks/linear_layout.py, RESULTS.md)."""
+    the time at ConvNeXt-T's stage-3/4 shapes; the view is 4-8 % faster only for stage 1-2's
+    narrow pwconv2 on Intel (benchmarks/linear_layout.py, RESULTS.md)."""
     def make(kernel, bias):
-        weight = kernel.to(dtype).t().contiguous()
-        return weight, None if bias is None else bias.to(dtype)
+        kernel, bias = _cast(dtype)(kernel, bias)
+        return kernel.t().contiguous(), bias
     return make
 
 
