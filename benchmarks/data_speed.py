@@ -8,7 +8,8 @@ For the dataset's preset (``training.config``; any ``--flag`` of ``training.trai
 * the input pipeline alone: ``TrainingSession.datasets()``'s training pipeline (decode, crop,
   flip, RandAugment, erasing, Mixup/CutMix as configured, batching) drained for ``--batches``
   batches after a warm-up, nothing else running;
-* the training step alone: the compiled model (the run's optimizer, loss, EMA) trained with
+* the training step alone: the compiled model (the run's optimizer, loss, EMA and dtype policy:
+  ``--set mixed_precision bf16``) trained with
   ``train_on_batch`` on one batch from that pipeline held in memory, so no input work is timed.
 
 The run goes at about the slower of the two (tf.data prefetches in parallel, but on a 2-core
@@ -58,7 +59,7 @@ def measure(flag_values, batches, steps):
     return {
         "backend": keras.backend.backend(),
         "dataset": config.dataset, "model": config.model, "image_size": config.image_size,
-        "global_batch": batch,
+        "global_batch": batch, "dtype_policy": model.dtype_policy.name,
         "pipeline_images_per_s": round(pipeline, 1),
         "train_step_images_per_s": round(step, 1),
         "bound_by": "input pipeline" if pipeline < step else "training step",
@@ -70,7 +71,7 @@ def measure(flag_values, batches, steps):
 def describe(row):
     """One line of a backend's result."""
     return (f"{row['backend']:>10} {row['dataset']} {row['model']} {row['image_size']} px, "
-            f"batch {row['global_batch']}: pipeline {row['pipeline_images_per_s']} img/s, "
+            f"batch {row['global_batch']}, {row['dtype_policy']}: pipeline {row['pipeline_images_per_s']} img/s, "
             f"train step {row['train_step_images_per_s']} img/s -> bound by {row['bound_by']}")
 
 

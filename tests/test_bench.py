@@ -184,3 +184,21 @@ def test_train_memory_refuses_an_unknown_model():
 
     with pytest.raises(SystemExit):
         train_memory.main(["--models", "ours,resnet"])
+
+
+def test_data_speed_trains_under_the_configured_dtype_policy():
+    """The step that data_speed.py times is the run's: ``mixed_precision`` reaches the model
+    (it once timed fp32 under ``--set mixed_precision bf16``)."""
+    import keras
+
+    import data_speed
+
+    try:
+        row = data_speed.measure({"dataset": "digits", "mixed_precision": "bf16", "batch_size": 16,
+                                  "epochs": 1}, batches=1, steps=1)
+        assert row["dtype_policy"] == "mixed_bfloat16"
+        assert row["train_step_images_per_s"] > 0 and row["pipeline_images_per_s"] > 0
+        assert data_speed.measure({"dataset": "digits", "batch_size": 16, "epochs": 1},
+                                  batches=1, steps=1)["dtype_policy"] == "float32"
+    finally:
+        keras.config.set_dtype_policy("float32")

@@ -111,3 +111,34 @@ def test_remat_reaches_every_block_of_the_trained_model():
     assert len(blocks) == 12 and all(block.remat for block in blocks)
     plain = model_builder(make_config({}, {"image_size": 32}), 10)()
     assert not any(layer.remat for layer in plain.layers if "_block_" in layer.name)
+
+
+def test_auto_mixed_precision_is_bf16_only_on_cpus_that_multiply_bf16(monkeypatch):
+    """``auto`` (the Fashion-MNIST preset's) resolves on the machine: bf16 where PyTorch runs on
+    a CPU with AMX or AVX-512 BF16 and no accelerator, fp32 on an AVX2-only CPU, a GPU, or the
+    other backends (whose bf16 step was not faster); the named choices map straight to their
+    policies and None is fp32."""
+    import keras
+
+    from training import strategy
+
+    assert PRESETS["fashion_mnist"]["mixed_precision"] == "auto"
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(strategy, "_accelerator_present", lambda: False)
+    monkeypatch.setattr(strategy, "cpu_flags", lambda: {"avx2", "amx_bf16", "fma"})
+    assert strategy.dtype_policy("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(strategy, "cpu_flags", lambda: {"avx2", "fma"})
+    assert strategy.dtype_policy("auto") == "float32"
+    monkeypatch.setattr(strategy, "cpu_flags", lambda: {"avx512_bf16"})
+    assert strategy.dtype_policy("auto") == "mixed_bfloat16"
+    for other in ("tensorflow", "jax"):
+        monkeypatch.setattr(keras.backend, "backend", lambda: other)
+        assert strategy.dtype_policy("auto") == "float32"
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(strategy, "_accelerator_present", lambda: True)
+    assert strategy.dtype_policy("auto") == "float32"
+    assert [strategy.dtype_policy(c) for c in (None, "fp32", "bf16", "fp16")] == [
+        "float32", "float32", "mixed_bfloat16", "mixed_float16"]
+    assert make_config({}, {"dataset": "digits", "mixed_precision": "fp32"}).mixed_precision == "fp32"
+    with pytest.raises(ConfigError, match="choose bf16, fp16, fp32 or auto"):
+        make_config({}, {"dataset": "digits", "mixed_precision": "half"})

@@ -358,3 +358,54 @@ def test_train_fraction_trains_on_the_same_fixed_part_and_keeps_the_held_out_set
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="train_fraction"):
             _config(train_fraction=bad)
+
+
+@run_once_across_backends("TensorFlow ops only")
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_upscales_skip_antialiasing_with_the_same_values_and_downscales_keep_it(method):
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3)), tf.uint8)
+    antialiased = lambda size: tf.clip_by_value(tf.image.resize(  # noqa: E731
+        tf.cast(images, tf.float32), size, method=method, antialias=True), 0.0, 255.0).numpy()
+    np.testing.assert_allclose(data._resize(images, (32, 32), method).numpy(),
+                               antialiased((32, 32)), atol=0.01)
+    np.testing.assert_array_equal(data._resize(images, (20, 20), method).numpy(),
+                                  antialiased((20, 20)))
+
+
+def _erased_boxes(before, after):
+    """(which images changed, each changed image's changed share) of a random erasing, checking
+    that what changed is one filled rectangle: every pixel inside its bounding box."""
+    changed = np.any(after != before, axis=-1)
+    shares = []
+    for mask in changed[changed.any(axis=(1, 2))]:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all(), "not one solid box"
+        shares.append(mask.mean())
+    return changed.any(axis=(1, 2)), np.array(shares)
+
+
+@run_once_across_backends("TensorFlow ops only")
+def test_random_erasing_draws_what_the_keras_layer_draws():
+    """Against ``keras.layers.RandomErasing`` itself: the same share of erased images and the
+    same box sizes (2-33 % of the image, 16 % on average), noise within 0-255, nothing changed
+    outside the box; the stateless draws repeat for a seed and differ between seeds."""
+    import keras
+
+    before = np.full((1500, 32, 32, 3), 128.0, np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    ours = augment.random_erasing(before, 0.25, seed).numpy()
+    layer = keras.layers.RandomErasing(factor=(0.25, 0.25), value_range=(0, 255), seed=1)
+    theirs = keras.ops.convert_to_numpy(layer(before, training=True))
+    (our_hit, our_share), (their_hit, their_share) = (
+        _erased_boxes(before, ours), _erased_boxes(before, theirs))
+    assert abs(our_hit.mean() - 0.25) < 0.04 and abs(their_hit.mean() - 0.25) < 0.04
+    assert abs(our_share.mean() - their_share.mean()) < 0.025
+    assert 0.13 < our_share.mean() < 0.19
+    assert our_share.min() >= 0.01 and our_share.max() <= 0.40
+    assert 0.0 <= ours.min() and ours.max() <= 255.0
+    erased = ours[our_hit]
+    assert (erased == 0).mean() > 0.05 and (erased == 255).mean() > 0.01  # the clipped noise
+    np.testing.assert_array_equal(augment.random_erasing(before, 0.25, seed).numpy(), ours)
+    assert not np.array_equal(augment.random_erasing(before, 0.25, seed + 1).numpy(), ours)
+    untouched = augment.random_erasing(before, 0.0, seed).numpy()
+    np.testing.assert_array_equal(untouched, before)

@@ -16,7 +16,7 @@ import typing
 
 from keras_convnext.architecture import ALL_VARIANTS, ISOTROPIC, get_variant
 
-MIXED_PRECISION = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+MIXED_PRECISION = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 DATASET_KINDS = ("digits", "fashion_mnist[:DIR]", "folder:PATH", "tfrecord:GLOB",
                  "tfds:NAME[:SPLIT]")
@@ -81,7 +81,7 @@ class Config:
     validation_steps: typing.Optional[int] = None  # None: the whole held-out set
     # --- run
     output: str = "runs/convnext"  # the run folder (rerun the same command to resume)
-    mixed_precision: typing.Optional[str] = None  # bf16 | fp16
+    mixed_precision: typing.Optional[str] = None  # bf16 | fp16 | fp32 | auto (bf16 on bf16 CPUs)
     strategy: str = "auto"  # auto | default | mirrored | multiworker | tpu (training/strategy.py)
     model_parallel: typing.Optional[int] = None  # JAX: shard pointwise layers over N devices
     cpu_devices: typing.Optional[int] = None  # split the CPU into N logical devices (TF)
@@ -125,21 +125,17 @@ PRESETS = {
     },
     # Fashion-MNIST (54,000 28x28 gray garments after the held-out 10 %) in <= 30 min on 2 cores:
     # ConvNeXt-atto at 32 px (the 28 px images upsampled; wider variants cost 1.3-3x per image,
-    # a finer stem 1.6-2.9x), batch 512, 36 epochs: on PyTorch on a 2-core Intel Xeon with AMX the
-    # step runs at ~1,150 img/s in the run (45-53 s per epoch, 28 min 45 s in all) and the run
-    # reaches 92.2 % on the test set. With that many epochs the model needs regularizing: a
-    # random shift of up to 2 px (translate) and random erasing 0.25 (without erasing the
-    # held-out accuracy trailed by 0.6-0.7 points at epoch 15; erasing 0.5 by 0.9 at epoch 22).
-    # At 12 epochs (the old preset: batch 128, flips only, 91.0 %) every regularizer cost as much
-    # learning as it saved; the ImageNet crop slows learning at any budget here (the stride-4
-    # stem sees a rescaled garment as new content). On TensorFlow the same step is 0.8x as fast
-    # (fewer epochs fit; not run), on the AVX2-only AMD machine about half (--epochs 12
-    # --batch-size 128 --lr 2e-3 --translate 0 --random-erasing 0: 91.0 % in 23.5 min).
-    # The torch training paths for small maps (depthwise weight gradient and patchify convs as
-    # GEMMs) made this step 1.37x faster on a slower AMD EPYC (Zen 1) and left it as it was on
-    # the Intel machine; with the per-batch input pipeline an epoch there now takes 40-46 s, and
-    # 44 epochs (92.46 %) or 41 at lr 6e-3 (92.33 %) ran 31 min (benchmarks/RESULTS.md).
-    # See training/TRAINING.md for every run.
+    # a finer stem 1.6-2.9x), batch 512, 56 epochs, bf16 where PyTorch has a bf16 CPU ("auto":
+    # AMX / AVX-512 BF16; fp32 elsewhere): on a 2-core Intel Xeon with AMX an epoch takes ~29 s
+    # and the run 29 min 46 s, 92.58 % on the test set (36 fp32 epochs: 92.17 % in 28 min 45 s).
+    # With that many epochs the model needs regularizing: a random shift of up to 2 px
+    # (translate) and random erasing 0.25 (without erasing the held-out accuracy trailed by
+    # 0.6-0.7 points at epoch 15; erasing 0.5 by 0.9 at epoch 22). At 12 epochs (the old preset:
+    # batch 128, flips only, 91.0 %) every regularizer cost as much learning as it saved; the
+    # ImageNet crop slows learning at any budget here (the stride-4 stem sees a rescaled garment
+    # as new content). Elsewhere fewer epochs fit: TensorFlow's step is 0.8x PyTorch's fp32 one
+    # on that CPU, and on the AVX2-only AMD machine --epochs 12 --batch-size 128 --lr 2e-3
+    # --translate 0 --random-erasing 0 gave 91.0 % in 23.5 min. See training/TRAINING.md.
     "fashion_mnist": {
         "model": "atto",
         "image_size": 32,
@@ -154,10 +150,11 @@ PRESETS = {
         "cutmix": 0.0,
         "label_smoothing": 0.1,
         "drop_path": 0.0,
-        "epochs": 36,
+        "epochs": 56,
         "batch_size": 512,
         "lr": 4e-3,
         "warmup_epochs": 2,
+        "mixed_precision": "auto",
         "output": "runs/fashion_mnist",
     },
 }
@@ -363,8 +360,8 @@ def validate(c):
     _check(c.validation_steps is None or c.validation_steps >= 1,
            f"validation_steps={c.validation_steps} (must be >= 1)")
     _check(bool(c.output), "output must be a folder path")
-    _check(c.mixed_precision is None or c.mixed_precision in MIXED_PRECISION,
-           f"mixed_precision={c.mixed_precision!r} (choose bf16 or fp16)")
+    _check(c.mixed_precision is None or c.mixed_precision in (*MIXED_PRECISION, "auto"),
+           f"mixed_precision={c.mixed_precision!r} (choose bf16, fp16, fp32 or auto)")
     _check(c.strategy in STRATEGIES,
            f"strategy={c.strategy!r} (choose one of {', '.join(STRATEGIES)})")
     _check(c.model_parallel is None or c.model_parallel >= 1,

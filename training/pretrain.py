@@ -30,7 +30,7 @@ from keras_convnext.architecture import V2, V2_VARIANTS, get_variant  # noqa: E4
 from training import cli, data, strategy  # noqa: E402
 from training import config as config_lib  # noqa: E402
 from training.checkpoint import atomic_save  # noqa: E402
-from training.config import MIXED_PRECISION, Config, ConfigError  # noqa: E402
+from training.config import Config, ConfigError  # noqa: E402
 from training.session import TrainingSession  # noqa: E402
 from training.train import RunFolder, RunResult, summary  # noqa: E402
 
@@ -190,8 +190,6 @@ def run(config: PretrainConfig, log=_say) -> RunResult:
 
 
 def _pretrain(config, runtime, folder, log, start):
-    if config.mixed_precision:
-        keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     keras.utils.set_random_seed(config.seed)
     source = data.load(config)
     session = TrainingSession(config, runtime, source)

@@ -92,6 +92,8 @@ class TrainingSession:
         recipe's cross-entropy; None for a model with its own ``compute_loss``, as FCMAE), and
         adapts it to the runtime. Returns the model."""
         s = self.schedule
+        # layers take the global policy when they are made; a run's config decides it
+        keras.config.set_dtype_policy(strategy.dtype_policy(self.config.mixed_precision))
         with self.runtime.scope():
             model = build()
             if prepare is not None:

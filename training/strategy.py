@@ -22,6 +22,12 @@ second (``keras_convnext.distribution``): for models whose weights and optimizer
 one device.
 
 The global batch is ``batch_size * replicas`` and the learning rate scales with it (train.py).
+
+``--mixed-precision auto`` (``dtype_policy``) is bf16 where the PyTorch backend runs on a CPU
+that multiplies bf16 natively (AMX or AVX-512 BF16: oneDNN's bf16 GEMMs are 3-6x its fp32 ones
+at the Fashion-MNIST preset's shapes, the whole step 1.6x; benchmarks/RESULTS.md) and fp32
+elsewhere: an AVX2-only CPU emulates bf16, TensorFlow's bf16 step measured 0.8x its fp32 one and
+JAX's 1.03x on that CPU, and on an accelerator the choice is left to the user.
 """
 
 import contextlib
@@ -32,7 +38,9 @@ import typing
 
 import keras
 
-from training.config import ConfigError
+from training.config import MIXED_PRECISION, ConfigError
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bf16 products
 
 
 @dataclasses.dataclass
@@ -205,3 +213,41 @@ def select(name="auto", cpu_devices=None, model_parallel=None):
             f"strategy={name} needs the tensorflow or jax backend; {backend} runs on one device"
         )
     return Runtime("default")
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _accelerator_present():
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
+def dtype_policy(choice):
+    """The Keras dtype policy name for ``--mixed-precision`` ``choice`` (None: fp32), with
+    ``auto`` resolved on this machine: bf16 for PyTorch on a CPU with ``BF16_CPU_FLAGS``, else
+    fp32."""
+    if choice == "auto":
+        native = (keras.backend.backend() == "torch" and not _accelerator_present()
+                  and bool(cpu_flags() & set(BF16_CPU_FLAGS)))
+        choice = "bf16" if native else "fp32"
+    return MIXED_PRECISION[choice or "fp32"]

@@ -37,7 +37,7 @@ from training import cli, data, evaluate, export, lock, strategy  # noqa: E402
 from training.callbacks import CSV_COLUMNS, RunLog, write_metrics_csv  # noqa: E402,F401
 from training.checkpoint import (  # noqa: E402
     CheckpointManager, atomic_write_text, remove_temporaries)
-from training.config import MIXED_PRECISION, Config, ConfigError, parse_args  # noqa: E402
+from training.config import Config, ConfigError, parse_args  # noqa: E402
 from training.session import TrainingError, TrainingSession, drop_path_rate  # noqa: E402,F401
 
 
@@ -159,8 +159,6 @@ def run(config: Config, log=_say) -> RunResult:
 
 
 def _train(config, runtime, source, folder, log, start):
-    if config.mixed_precision:
-        keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     keras.utils.set_random_seed(config.seed)
     session = TrainingSession(config, runtime, source)
     build = model_builder(config, source.num_classes)
@@ -174,7 +172,8 @@ def _train(config, runtime, source, folder, log, start):
 
     name, depths, dims, drop = model_spec(config)
     log(f"ConvNeXt-{name} depths={list(depths)} dims={list(dims)} "
-        f"({model.count_params():,} parameters), {config.image_size} px, drop_path={drop}")
+        f"({model.count_params():,} parameters), {config.image_size} px, drop_path={drop}, "
+        f"{keras.config.dtype_policy().name}")
     log(f"Data: {source.description}")
     log(session.describe())
 
