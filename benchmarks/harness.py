@@ -103,6 +103,14 @@ def add_throughput(results, batch):
 # ------------------------------------------------------------------------- one process each
 
 
+def write_report(report, json_path=None):
+    """Writes ``report`` to ``json_path`` (when given) and returns it."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
 def print_rows(rows, describe, json_path=None, several=True):
     """Prints ``describe(row)`` (or the row's error) for each backend's row and writes the rows
     to ``json_path``: all of them (``several``), or the one row a per-backend child measured,

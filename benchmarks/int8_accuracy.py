@@ -96,10 +96,7 @@ def main(argv=None):
     for name, row in report["results"].items():
         print(f"  {name:>12}: accuracy {row['accuracy']:.2%}, "
               f"top-1 agreement with fp32 {row['agreement_with_fp32']:.2%}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
+    return harness.write_report(report, args.json)
 
 
 if __name__ == "__main__":

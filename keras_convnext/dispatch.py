@@ -22,9 +22,15 @@ layer                   fast path
                         torch, training, maps of <= 64 positions (8x8, and ConvNeXt-T's last 7x7
                         stage): the weight gradient as a batched GEMM over channels
                         (``torch_ops._SmallMapDepthwise``), 1.6-27x oneDNN's there.
-``Dense``               torch: oneDNN GEMMs, bias inside (training: forward and input gradient on
-                        oneDNN, weight gradient on ``torch.mm``); with exact GELU as activation, the
-                        GELU fused into the GEMM at inference (oneDNN post-op).
+``Dense``               torch: oneDNN GEMMs, bias inside; with exact GELU as activation, the
+                        GELU fused into the GEMM at inference (oneDNN post-op). Training, chosen
+                        by CPU feature (``torch_ops.training_gemm``): AVX-512/AMX, forward and
+                        input gradient on oneDNN, weight gradient on ``torch.mm``; AVX2 alone,
+                        all three on torch's own GEMM (MKL) in its fastest layouts.
+``block_mlp``           torch, training, float32 on AVX2, hidden activation >= 32 MiB: a block's
+                        pwconv1, GELU and pwconv2 as one autograd function over pieces of 2,048
+                        rows (``torch_ops._ChunkedMLP``): heap-reused pieces instead of fresh
+                        page-faulted mappings, GELU's output recomputed instead of kept.
 ``Dense`` (int8)        torch, after ``model.quantize("int8")``, at inference: the CPU's int8 GEMM
                         (``fast.torch_ops.int8_dense``) instead of Keras' int8 ``matmul`` (an int32
                         matmul on CPU), chosen by CPU feature: oneDNN's (AMX / AVX-512 VNNI; GELU,
@@ -343,6 +349,20 @@ class Dense(keras.layers.Dense):
                                                self.bias if self.use_bias else None)
         scale = ops.convert_to_tensor(scale) if scale is not None else None
         return torch_ops.dense_scale_add(inputs, kernel, bias, scale, residual, owner=owner)
+
+
+def block_mlp(pwconv1, pwconv2, inputs):
+    """``pwconv2(pwconv1(inputs))`` (a block's MLP, pwconv1's exact GELU included) as one fast
+    path, or None where none applies (the block then calls the two layers). torch, training,
+    float32 on AVX2: ``torch_ops.block_mlp``, the MLP over pieces of rows."""
+    if not (_plain_linear_layer(pwconv1, allow_gelu=True) and _is_exact_gelu(pwconv1.activation)
+            and _plain_linear_layer(pwconv2) and pwconv1.use_bias and pwconv2.use_bias):
+        return None
+    from keras_convnext.fast import torch_ops
+
+    _, (kernel1, bias1) = _torch_weights(pwconv1, pwconv1.kernel, pwconv1.bias)
+    _, (kernel2, bias2) = _torch_weights(pwconv2, pwconv2.kernel, pwconv2.bias)
+    return torch_ops.block_mlp(ops.convert_to_tensor(inputs), kernel1, bias1, kernel2, bias2)
 
 
 def _tensorflow_nchw_conv(layer, inputs):

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from keras_convnext.dispatch import (
-    conv_layer, dense_layer, depthwise_conv_layer, grn, norm_layer, truncated_normal,
+    block_mlp, conv_layer, dense_layer, depthwise_conv_layer, grn, norm_layer, truncated_normal,
 )
 
 PACKAGE = "keras_convnext"
@@ -283,6 +283,10 @@ class ConvNeXtBlock(keras.layers.Layer):
             x = x * ops.cast(visible, x.dtype)
             visible = _to_channels_last(visible, self.data_format)
         x = self.norm(_to_channels_last(x, self.data_format))
+        if visible is None and self.grn is None:
+            mlp = block_mlp(self.pwconv1, self.pwconv2, x)
+            if mlp is not None:  # pwconv1, GELU and pwconv2 in one fast path
+                return self._end(inputs, mlp, training)
         x = self.pwconv1(x)  # includes the GELU
         if visible is not None:
             x = x * ops.cast(visible, x.dtype)
@@ -298,7 +302,10 @@ class ConvNeXtBlock(keras.layers.Layer):
             # pwconv2, LayerScale and the shortcut in one call, which a backend may fuse.
             gamma = self.layer_scale.gamma if self.layer_scale is not None else None
             return self.pwconv2(x, residual=inputs, scale=gamma)
-        x = self.pwconv2(x)
+        return self._end(inputs, self.pwconv2(x), training)
+
+    def _end(self, inputs, x, training):
+        """LayerScale, stochastic depth and the shortcut on pwconv2's output ``x``."""
         if self.layer_scale is not None:
             x = self.layer_scale(x)
         x = _to_data_format(x, self.data_format)

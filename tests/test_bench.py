@@ -117,6 +117,30 @@ def test_fcmae_speed_times_pretraining_and_both_encoders(tmp_path):
     assert row["masked_over_plain_encoder"] > 0 and json.loads(out.read_text()) == row
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's training GEMMs")
+def test_training_gemms_times_each_gemm_and_each_step_setting(tmp_path):
+    """benchmarks/training_gemms.py: every training GEMM variant per pointwise shape, and whole
+    steps per setting beside timm's, leaving the process's own GEMM choice as it found it."""
+    import training_gemms
+
+    from keras_convnext.fast import torch_ops
+
+    before = (list(torch_ops._AVX512), torch_ops.MLP_CHUNK_FROM_BYTES)
+    report = training_gemms.main(["--what", "gemms", "--variant", "atto", "--batch", "1",
+                                  "--size", "32"])
+    assert report["rows"] and all(len(row) == 9 and all(v > 0 for k, v in row.items()
+                                                         if k != "shape")
+                                  for row in report["rows"])
+    out = tmp_path / "step.json"
+    report = training_gemms.main(["--what", "step", "--variant", "atto", "--batch", "2",
+                                  "--size", "32", "--rounds", "1", "--json", str(out)])
+    expected = set(training_gemms.SETTINGS) | ({"timm"} if bench.import_timm() else set())
+    assert set(report["results"]) == expected
+    assert all(r["img_s"] > 0 for r in report["results"].values())
+    assert json.loads(out.read_text())["results"].keys() == report["results"].keys()
+    assert (list(torch_ops._AVX512), torch_ops.MLP_CHUNK_FROM_BYTES) == before
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow",
                     reason="trains and exports with the TensorFlow backend (LiteRT)")
 def test_int8_accuracy_evaluates_every_variant_of_a_trained_run(tmp_path):

@@ -284,6 +284,78 @@ def test_patchify_conv_training_matches_keras(kernel, shape, rng, monkeypatch):
         assert calls == ["patchify"]
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's training GEMM choice")
+@pytest.mark.parametrize("features, dtype, expected", [
+    ({"amx_tile": True, "avx512_f": True}, "float32", "onednn"),
+    ({"avx512_f": True}, "float32", "onednn"),
+    ({"avx2": True}, "float32", "aten"),
+    ({"avx2": True}, "bfloat16", "onednn"),
+])
+def test_training_gemm_is_chosen_by_cpu_feature(features, dtype, expected, monkeypatch):
+    """oneDNN's GEMMs in training where the CPU has AVX-512 (or AMX) and for half precision,
+    torch's own (MKL) for float32 on AVX2 alone."""
+    import torch
+
+    from keras_convnext.fast import torch_ops
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+    monkeypatch.setattr(torch_ops, "_AVX512", [])
+    assert torch_ops.training_gemm(getattr(torch, dtype)) == expected
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's training GEMMs")
+@pytest.mark.parametrize("gemm, copy_rows", [("aten", 1), ("aten", 10**9), ("onednn", 1)])
+def test_dense_training_gemms_match_keras(gemm, copy_rows, rng, monkeypatch):
+    """Both training GEMM paths (``_AtenLinear`` with and without the weight's transposed copy,
+    ``_OneDNNLinear``) give ``keras.layers.Dense``'s values and every gradient."""
+    from keras_convnext.fast import torch_ops
+
+    monkeypatch.setattr(torch_ops, "_AVX512", [gemm == "onednn"])
+    monkeypatch.setattr(torch_ops, "COPY_WEIGHT_ROWS", copy_rows)
+    function = torch_ops._AtenLinear if gemm == "aten" else torch_ops._OneDNNLinear
+    calls = _count_calls(monkeypatch, function, "apply")
+    make = lambda cls: cls(12, kernel_initializer="zeros")  # noqa: E731
+    x = rng.standard_normal((2, 5, 5, 6)).astype("float32")
+    ours, plain = _same_random_weights(make(dispatch.Dense), make(keras.layers.Dense), x.shape,
+                                       rng, scale=0.3)
+    upstream = rng.standard_normal((2, 5, 5, 12)).astype("float32")
+    with dispatch.fast_paths(True):
+        fast_results = _value_and_grads(ours, x, upstream)
+    _assert_same_values_and_grads(fast_results, _value_and_grads(plain, x, upstream))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("case", ["pieces", "one piece", "below the threshold", "avx512"])
+def test_block_mlp_in_pieces_matches_the_layers(case, rng, monkeypatch):
+    """A block's pwconv1, GELU and pwconv2 as ``torch_ops._ChunkedMLP`` (torch, float32 on
+    AVX2, a hidden activation of at least ``MLP_CHUNK_FROM_BYTES``): over pieces of rows with a
+    ragged last one, or one piece, the block's values and every gradient are the layers'. It
+    steps aside below the threshold, where the training GEMMs are oneDNN's, at inference, and
+    on the other backends."""
+    block = ConvNeXtBlock(8, layer_scale_init_value=0.5)
+    x = _input("channels_last", 8, rng, batch=3)  # 3 x 9 x 10 = 270 rows
+    block.build(x.shape)
+    calls = []
+    if BACKEND == "torch":
+        from keras_convnext.fast import torch_ops
+
+        monkeypatch.setattr(torch_ops, "_AVX512", [case == "avx512"])
+        monkeypatch.setattr(torch_ops, "MLP_CHUNK_ROWS", 64 if case == "pieces" else 2048)
+        hidden_bytes = 270 * 32 * 4
+        monkeypatch.setattr(torch_ops, "MLP_CHUNK_FROM_BYTES",
+                            hidden_bytes + (1 if case == "below the threshold" else 0))
+        calls = _count_calls(monkeypatch, torch_ops._ChunkedMLP, "apply")
+    _assert_fast_path_matches_plain(block, x, rng, weight_rtol=1e-4)
+    if BACKEND != "torch":
+        assert dispatch.block_mlp(block.pwconv1, block.pwconv2, x) is None
+        return
+    taken = case in ("pieces", "one piece")
+    assert len(calls) == (1 if taken else 0)
+    with _inference():
+        block(x)
+    assert len(calls) == (1 if taken else 0)
+
+
 def test_unsupported_configurations_take_the_keras_op(rng):
     x = _input("channels_last", 4, rng)
     for kwargs in ({"strides": 2}, {"dilation_rate": 2}, {"depth_multiplier": 2}):

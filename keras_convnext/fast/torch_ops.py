@@ -232,8 +232,9 @@ def truncated_normal(shape, mean, stddev, dtype, seed):
 
 def dense(inputs, kernel, bias, gelu=False, owner=None):
     """``inputs @ kernel + bias`` as one GEMM with the bias added inside it (not in a second
-    pass over the output), then exact GELU when ``gelu``. On a oneDNN build (not under
-    torch.compile) the GEMM is oneDNN's (``_OneDNNLinear`` in training), and without autograd
+    pass over the output), then exact GELU when ``gelu``. With autograd (not under
+    torch.compile) the GEMMs are those ``training_gemm`` picks by CPU feature (``_OneDNNLinear``
+    or ``_AtenLinear``); on a oneDNN build without autograd
     (inference) the GELU runs inside it as a post-op (``mkldnn._linear_pointwise``, the op that
     ``torch.compile`` fuses to; the same erf GELU); otherwise ``F.linear``. ``kernel`` is Keras'
     (in, out); ``owner``: the layer, for ``inference_weights``."""
@@ -244,8 +245,11 @@ def dense(inputs, kernel, bias, gelu=False, owner=None):
         return torch.ops.mkldnn._linear_pointwise(
             inputs.contiguous(), weight, bias, "gelu", [], "none")
     kernel, bias = inference_weights(owner, ("dense", dtype), _cast(dtype), kernel, bias)
-    if torch.is_grad_enabled() and _onednn_eager(dtype):
+    gemm = training_gemm(dtype) if torch.is_grad_enabled() and _eager() else None
+    if gemm == "onednn" and _has_linear_pointwise(dtype):
         out = _OneDNNLinear.apply(inputs.contiguous(), kernel, bias)
+    elif gemm == "aten":
+        out = _AtenLinear.apply(inputs, kernel, bias)
     else:
         out = F.linear(inputs, kernel.t(), bias)  # addmm reads the (in, out) kernel as it is
     return F.gelu(out) if gelu else out
@@ -288,6 +292,134 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = rows.sum(0)
         return dx, dkernel, dbias
+
+
+def training_gemm(dtype):
+    """Whose GEMMs a training step's dense layers use, by CPU feature: ``"onednn"``
+    (``_OneDNNLinear``) where the CPU has AVX-512 (Intel AMX and AVX-512 machines, where its
+    kernels beat the default GEMM at ConvNeXt's shapes) or for half precision, and ``"aten"``
+    (``_AtenLinear``: torch's own GEMM, MKL's sgemm) on AVX2 alone, where oneDNN's forward and
+    input-gradient GEMMs are 7-17 % slower than MKL's at ConvNeXt-T's shapes (AMD EPYC Zen 3,
+    ``benchmarks/training_gemms.py``, RESULTS.md)."""
+    if dtype != torch.float32:
+        return "onednn"
+    if not _AVX512:
+        features = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        _AVX512.append(bool(features.get("avx512_f") or features.get("amx_tile")))
+    return "onednn" if _AVX512[0] else "aten"
+
+
+_AVX512 = []  # [whether the CPU has AVX-512 or AMX], read once
+
+
+def _eager():
+    return not torch.compiler.is_compiling()
+
+
+COPY_WEIGHT_ROWS = 4096  # rows from which _AtenLinear's forward reads an (out, in) copy
+
+
+class _AtenLinear(torch.autograd.Function):
+    """``x @ kernel + bias`` for training on torch's own GEMMs in the layouts MKL runs fastest
+    at ConvNeXt's shapes on AVX2: the forward of a long GEMM (``COPY_WEIGHT_ROWS`` rows or more)
+    against an (out, in) copy of the weight (19-25 % less time for stage 2's pwconv1 at batch 8
+    in two runs of ``benchmarks/training_gemms.py``; stage 1 within the noise), of a short one
+    against the kernel as it is (the copy, a slow transposing pass over the weight, costs more
+    than it saves there), the input gradient against the kernel's transposed view, the weight
+    gradient straight in Keras' (in, out) layout (no transposed copy of it). Same arithmetic as
+    ``F.linear``."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, bias):
+        ctx.save_for_backward(x, kernel)
+        ctx.has_bias = bias is not None
+        rows = x.reshape(-1, x.shape[-1])
+        # The weight's transposed copy costs a pass over it (slow: a transposing copy) and
+        # pays only on long GEMMs.
+        weight = kernel.t().contiguous().t() if rows.shape[0] >= COPY_WEIGHT_ROWS else kernel
+        out = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
+        return out.view(*x.shape[:-1], kernel.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, kernel = ctx.saved_tensors
+        rows = dy.reshape(-1, dy.shape[-1])
+        dx = dkernel = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(rows, kernel.t()).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dkernel = torch.mm(x.reshape(-1, x.shape[-1]).t(), rows)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = rows.sum(0)
+        return dx, dkernel, dbias
+
+
+# A block MLP whose hidden activation reaches this many bytes runs as ``_ChunkedMLP``: glibc
+# serves an allocation this large (its largest dynamic mmap threshold, 32 MiB on 64-bit) with
+# a fresh mapping every time, whose page faults cost ~3x the GELU written into it.
+MLP_CHUNK_FROM_BYTES = 32 << 20
+MLP_CHUNK_ROWS = 2048  # rows per piece: a stage-1 hidden piece of 3 MiB at ConvNeXt-T's width
+
+
+def block_mlp(inputs, kernel1, bias1, kernel2, bias2):
+    """``gelu(inputs @ kernel1 + bias1) @ kernel2 + bias2`` (a block's pwconv1, exact GELU,
+    pwconv2) in training as ``_ChunkedMLP`` where it pays: float32 on the CPUs whose training
+    GEMMs are torch's (``training_gemm``), with a hidden activation of at least
+    ``MLP_CHUNK_FROM_BYTES``. Returns None elsewhere (the layers run one by one)."""
+    dtype = inputs.dtype
+    if not (torch.is_grad_enabled() and _eager() and dtype == torch.float32
+            and _needs_grad(inputs, kernel1, bias1, kernel2, bias2)
+            and training_gemm(dtype) == "aten" and bias1 is not None and bias2 is not None):
+        return None
+    rows = inputs.numel() // inputs.shape[-1]
+    if rows * kernel1.shape[-1] * inputs.element_size() < MLP_CHUNK_FROM_BYTES:
+        return None
+    return _ChunkedMLP.apply(inputs, *_cast(dtype)(kernel1, bias1), *_cast(dtype)(kernel2, bias2))
+
+
+class _ChunkedMLP(torch.autograd.Function):
+    """A block's MLP over pieces of ``MLP_CHUNK_ROWS`` rows, so that its hidden activations
+    (4x the block's width) are heap blocks of a few MiB that the allocator reuses step after
+    step, not mappings page-faulted in afresh, and GELU's output is recomputed in the backward
+    pass (one cheap pass over a piece) instead of kept. On a 2-core AMD EPYC Zen 3, ConvNeXt-T
+    at batch 32: a 1.24x faster training step and an 18 % lower peak (RESULTS.md). The GEMMs
+    are ``_AtenLinear``'s; the same arithmetic, the weight gradients summed piece by piece."""
+
+    @staticmethod
+    def forward(ctx, x, kernel1, bias1, kernel2, bias2):
+        rows = x.reshape(-1, x.shape[-1])
+        total = rows.shape[0]
+        copy = total >= COPY_WEIGHT_ROWS  # see _AtenLinear.forward
+        weight1 = kernel1.t().contiguous().t() if copy else kernel1
+        weight2 = kernel2.t().contiguous().t() if copy else kernel2
+        out = torch.empty(total, kernel2.shape[-1], dtype=x.dtype, device=x.device)
+        hidden = []
+        for start in range(0, total, MLP_CHUNK_ROWS):
+            stop = min(start + MLP_CHUNK_ROWS, total)
+            h = torch.addmm(bias1, rows[start:stop], weight1)
+            hidden.append(h)
+            torch.addmm(bias2, F.gelu(h), weight2, out=out[start:stop])
+        ctx.save_for_backward(x, kernel1, kernel2, *hidden)
+        return out.view(*x.shape[:-1], kernel2.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, kernel1, kernel2, *hidden = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])
+        dys = dy.reshape(-1, dy.shape[-1])
+        dx = torch.empty_like(rows)
+        dkernel1, dkernel2 = torch.zeros_like(kernel1), torch.zeros_like(kernel2)
+        dbias1 = torch.zeros(kernel1.shape[-1], dtype=x.dtype, device=x.device)
+        for index, h in enumerate(hidden):
+            start = index * MLP_CHUNK_ROWS
+            stop = start + h.shape[0]
+            d = dys[start:stop]
+            dkernel2.addmm_(F.gelu(h).t(), d)
+            dh = torch.ops.aten.gelu_backward(torch.mm(d, kernel2.t()), h)
+            dbias1 += dh.sum(0)
+            dkernel1.addmm_(rows[start:stop].t(), dh)
+            torch.mm(dh, kernel1.t(), out=dx[start:stop])
+        return dx.view(x.shape), dkernel1, dbias1, dkernel2, dys.sum(0)
 
 
 def dense_scale_add(inputs, kernel, bias, scale, residual, owner=None):
@@ -442,7 +574,7 @@ def _onednn_eager(dtype):
     """True where oneDNN's linear ops may run on ``dtype``: a torch build and a CPU that have
     them (bfloat16 needs AVX-512 or AMX), and not under torch.compile (inductor cannot lower
     them and fuses by itself)."""
-    return not torch.compiler.is_compiling() and _has_linear_pointwise(dtype)
+    return _eager() and _has_linear_pointwise(dtype)
 
 
 def _onednn_inference(dtype):
