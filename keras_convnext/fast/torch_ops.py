@@ -232,20 +232,21 @@ def truncated_normal(shape, mean, stddev, dtype, seed):
 
 def dense(inputs, kernel, bias, gelu=False, owner=None):
     """``inputs @ kernel + bias`` as one GEMM with the bias added inside it (not in a second
-    pass over the output), then exact GELU when ``gelu``. With autograd (not under
-    torch.compile) the GEMMs are those ``training_gemm`` picks by CPU feature (``_OneDNNLinear``
-    or ``_AtenLinear``); on a oneDNN build without autograd
+    pass over the output), then exact GELU when ``gelu``. On CPU tensors with autograd (not
+    under torch.compile) the GEMMs are those ``training_gemm`` picks by CPU feature
+    (``_OneDNNLinear`` or ``_AtenLinear``); on a oneDNN build without autograd
     (inference) the GELU runs inside it as a post-op (``mkldnn._linear_pointwise``, the op that
     ``torch.compile`` fuses to; the same erf GELU); otherwise ``F.linear``. ``kernel`` is Keras'
     (in, out); ``owner``: the layer, for ``inference_weights``."""
     dtype = inputs.dtype
-    if gelu and _onednn_inference(dtype):
+    cpu = inputs.device.type == "cpu"  # oneDNN's ops and the CPU-feature choice: CPU only
+    if gelu and cpu and _onednn_inference(dtype):
         weight, bias = inference_weights(owner, ("dense oneDNN", dtype), _linear_layout(dtype),
                                          kernel, bias)
         return torch.ops.mkldnn._linear_pointwise(
             inputs.contiguous(), weight, bias, "gelu", [], "none")
     kernel, bias = inference_weights(owner, ("dense", dtype), _cast(dtype), kernel, bias)
-    gemm = training_gemm(dtype) if torch.is_grad_enabled() and _eager() else None
+    gemm = training_gemm(dtype) if cpu and torch.is_grad_enabled() and _eager() else None
     if gemm == "onednn" and _has_linear_pointwise(dtype):
         out = _OneDNNLinear.apply(inputs.contiguous(), kernel, bias)
     elif gemm == "aten":
@@ -368,7 +369,7 @@ def block_mlp(inputs, kernel1, bias1, kernel2, bias2):
     ``MLP_CHUNK_FROM_BYTES``. Returns None elsewhere (the layers run one by one)."""
     dtype = inputs.dtype
     if not (torch.is_grad_enabled() and _eager() and dtype == torch.float32
-            and _needs_grad(inputs, kernel1, bias1, kernel2, bias2)
+            and inputs.device.type == "cpu" and _needs_grad(inputs, kernel1, bias1, kernel2, bias2)
             and training_gemm(dtype) == "aten" and bias1 is not None and bias2 is not None):
         return None
     rows = inputs.numel() // inputs.shape[-1]
@@ -427,7 +428,8 @@ def dense_scale_add(inputs, kernel, bias, scale, residual, owner=None):
     LayerScale, shortcut) as one oneDNN GEMM whose output pass adds ``residual`` (a binary
     post-op), with the per-channel ``scale`` folded into the kernel and bias. Inference only
     (no autograd, not under torch.compile); returns None where it does not apply."""
-    if not _onednn_inference(inputs.dtype) or residual.shape[-1] != kernel.shape[-1]:
+    if (inputs.device.type != "cpu" or not _onednn_inference(inputs.dtype)
+            or residual.shape[-1] != kernel.shape[-1]):
         return None
     dtype = inputs.dtype
 
