@@ -72,10 +72,10 @@ def step_rows(variant, batch, size, rounds):
     def setting(name):
         avx512, chunk_bytes = SETTINGS[name]
 
-        def step(_images, _labels):
+        def step(batch_images, batch_labels):
             torch_ops._AVX512[:] = [avx512]
             torch_ops.MLP_CHUNK_FROM_BYTES = chunk_bytes or default_bytes
-            return ours.train(images, labels)
+            return ours.train(batch_images, batch_labels)
         return Entry(name, None, step)
 
     entries = [setting(name) for name in SETTINGS]

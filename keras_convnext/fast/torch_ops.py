@@ -285,14 +285,22 @@ class _OneDNNLinear(torch.autograd.Function):
         x, kernel = ctx.saved_tensors
         dy = dy.contiguous()
         rows = dy.reshape(-1, dy.shape[-1])
-        dx = dkernel = dbias = None
+        dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.ops.mkldnn._linear_pointwise(dy, kernel, None, "none", [], "")
-        if ctx.needs_input_grad[1]:
-            dkernel = torch.mm(x.reshape(-1, x.shape[-1]).t(), rows)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            dbias = rows.sum(0)
-        return dx, dkernel, dbias
+        return (dx, *_kernel_and_bias_grads(ctx, x, rows))
+
+
+def _kernel_and_bias_grads(ctx, x, rows):
+    """A linear function's gradients of Keras' (in, out) kernel (``x``'s rows transposed times
+    the upstream ``rows``: one long reduction on ``torch.mm``) and of the bias, each where
+    autograd asks for it."""
+    dkernel = dbias = None
+    if ctx.needs_input_grad[1]:
+        dkernel = torch.mm(x.reshape(-1, x.shape[-1]).t(), rows)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        dbias = rows.sum(0)
+    return dkernel, dbias
 
 
 def training_gemm(dtype):
@@ -320,6 +328,13 @@ def _eager():
 COPY_WEIGHT_ROWS = 4096  # rows from which _AtenLinear's forward reads an (out, in) copy
 
 
+def _forward_weight(kernel, rows):
+    """The (in, out) kernel as a forward GEMM of ``rows`` rows reads it on MKL: for a long GEMM
+    the transposed view of an (out, in) copy, else the kernel itself. The copy costs a pass over
+    the weight (slow: a transposing copy) and pays only on long GEMMs."""
+    return kernel.t().contiguous().t() if rows >= COPY_WEIGHT_ROWS else kernel
+
+
 class _AtenLinear(torch.autograd.Function):
     """``x @ kernel + bias`` for training on torch's own GEMMs in the layouts MKL runs fastest
     at ConvNeXt's shapes on AVX2: the forward of a long GEMM (``COPY_WEIGHT_ROWS`` rows or more)
@@ -335,9 +350,7 @@ class _AtenLinear(torch.autograd.Function):
         ctx.save_for_backward(x, kernel)
         ctx.has_bias = bias is not None
         rows = x.reshape(-1, x.shape[-1])
-        # The weight's transposed copy costs a pass over it (slow: a transposing copy) and
-        # pays only on long GEMMs.
-        weight = kernel.t().contiguous().t() if rows.shape[0] >= COPY_WEIGHT_ROWS else kernel
+        weight = _forward_weight(kernel, rows.shape[0])
         out = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
         return out.view(*x.shape[:-1], kernel.shape[-1])
 
@@ -345,14 +358,10 @@ class _AtenLinear(torch.autograd.Function):
     def backward(ctx, dy):
         x, kernel = ctx.saved_tensors
         rows = dy.reshape(-1, dy.shape[-1])
-        dx = dkernel = dbias = None
+        dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.mm(rows, kernel.t()).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            dkernel = torch.mm(x.reshape(-1, x.shape[-1]).t(), rows)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            dbias = rows.sum(0)
-        return dx, dkernel, dbias
+        return (dx, *_kernel_and_bias_grads(ctx, x, rows))
 
 
 # A block MLP whose hidden activation reaches this many bytes runs as ``_ChunkedMLP``: glibc
@@ -368,8 +377,8 @@ def block_mlp(inputs, kernel1, bias1, kernel2, bias2):
     GEMMs are torch's (``training_gemm``), with a hidden activation of at least
     ``MLP_CHUNK_FROM_BYTES``. Returns None elsewhere (the layers run one by one)."""
     dtype = inputs.dtype
-    if not (torch.is_grad_enabled() and _eager() and dtype == torch.float32
-            and inputs.device.type == "cpu" and _needs_grad(inputs, kernel1, bias1, kernel2, bias2)
+    if not (_eager() and inputs.device.type == "cpu"
+            and _needs_grad(inputs, kernel1, bias1, kernel2, bias2)
             and training_gemm(dtype) == "aten" and bias1 is not None and bias2 is not None):
         return None
     rows = inputs.numel() // inputs.shape[-1]
@@ -390,9 +399,7 @@ class _ChunkedMLP(torch.autograd.Function):
     def forward(ctx, x, kernel1, bias1, kernel2, bias2):
         rows = x.reshape(-1, x.shape[-1])
         total = rows.shape[0]
-        copy = total >= COPY_WEIGHT_ROWS  # see _AtenLinear.forward
-        weight1 = kernel1.t().contiguous().t() if copy else kernel1
-        weight2 = kernel2.t().contiguous().t() if copy else kernel2
+        weight1, weight2 = _forward_weight(kernel1, total), _forward_weight(kernel2, total)
         out = torch.empty(total, kernel2.shape[-1], dtype=x.dtype, device=x.device)
         hidden = []
         for start in range(0, total, MLP_CHUNK_ROWS):
