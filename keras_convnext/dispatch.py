@@ -56,6 +56,8 @@ layer                   fast path
                         for ConvNeXt-T, a floor under every later peak of the process).
 ``fused_adam_step``     torch: Keras' Adam/AdamW update (training.recipe's AdamW) on torch's fused
                         kernel, one call per group of equal rates; elsewhere Keras' own update.
+``fused_ema_step``      torch: the optimizer's EMA of the weights (``use_ema``) as one
+                        ``_foreach_lerp_`` over every average; elsewhere Keras' own update.
 ======================  =============================================================================
 
 ``Dense`` also takes ``residual=`` and ``scale=``: ``residual + scale * dense(inputs)``, a block's
@@ -561,6 +563,29 @@ def _grn_custom_gradient(inputs, gamma, beta, epsilon, axes):
         return y, backward
 
     return forward(inputs, gamma, beta)
+
+
+def fused_ema_step(optimizer, variables):
+    """The EMA update of a built Keras optimizer with ``use_ema`` (its
+    ``_update_model_variables_moving_average`` of ``variables``: the averages follow at
+    ``optimizer.ema_momentum``, and equal the variables at the first step) as one multi-tensor
+    kernel where the backend has one (``fast.torch_ops.fused_ema``: torch). Returns False, having
+    changed nothing, elsewhere (other backends, non-float32 or mixed-device variables, a
+    stateless scope, torch.compile, fast paths off); the caller then runs Keras' own update."""
+    if not _enabled or keras.backend.backend() != "torch":
+        return False
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if in_stateless_scope():
+        return False
+    from keras_convnext.fast import torch_ops
+
+    pairs = [(a.value, v.value) for v, a in
+             zip(variables, optimizer._model_variables_moving_average) if a is not None]
+    first_step = int(ops.convert_to_numpy(optimizer.iterations)) == 0
+    momentum = 0.0 if first_step else optimizer.ema_momentum
+    return bool(pairs) and torch_ops.fused_ema([a for a, _ in pairs], [v for _, v in pairs],
+                                               momentum)
 
 
 def fused_adam_step(optimizer, grads, variables, learning_rate, multipliers=None,

@@ -125,18 +125,21 @@ def test_decoupled_weight_decay_uses_the_scaled_lr_and_skips_exclusions():
 
 def test_fused_update_gives_keras_own_updates_over_several_steps(monkeypatch):
     """On torch the recipe's AdamW runs one fused kernel per group of equal rates
-    (``dispatch.fused_adam_step``); with fast paths off (and on the other backends) it runs
-    Keras' update per variable. Both must move every weight, moment and EMA copy alike over
-    several steps of random gradients, with layer decay, weight-decay exclusions, clipping."""
+    (``dispatch.fused_adam_step``) and one EMA lerp (``dispatch.fused_ema_step``); with fast
+    paths off (and on the other backends) it runs Keras' update per variable. Both must move
+    every weight, moment and EMA copy alike over several steps of random gradients, with layer
+    decay, weight-decay exclusions, clipping."""
     from keras_convnext import dispatch
 
-    fused_calls = []
+    fused_calls, ema_calls = [], []
     if keras.backend.backend() == "torch":
         from keras_convnext.fast import torch_ops
 
-        real = torch_ops.fused_adam
+        real, real_ema = torch_ops.fused_adam, torch_ops.fused_ema
         monkeypatch.setattr(torch_ops, "fused_adam",
                             lambda *a, **k: fused_calls.append(len(a[0])) or real(*a, **k))
+        monkeypatch.setattr(torch_ops, "fused_ema",
+                            lambda *a: ema_calls.append((len(a[0]), a[2])) or real_ema(*a))
     runs = []
     for fast in (True, False):
         keras.utils.set_random_seed(1)
@@ -160,6 +163,8 @@ def test_fused_update_gives_keras_own_updates_over_several_steps(monkeypatch):
     assert len(runs[0]) == len(runs[1]) > 4 * 3
     if keras.backend.backend() == "torch":  # 4 steps, every variable in one of a few groups
         assert len(fused_calls) >= 4 and sum(fused_calls) == 4 * len(variables)
+        # once per step, every variable; the averages start as the variables (momentum 0)
+        assert ema_calls == [(len(variables), 0.0)] + [(len(variables), 0.9)] * 3
     for fused, keras_own in zip(*runs):
         np.testing.assert_allclose(fused, keras_own, rtol=1e-6, atol=1e-8)
 

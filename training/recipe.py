@@ -15,7 +15,8 @@ learning-rate decay, EMA and the loss. Backend-agnostic (Keras ops only).
   inside ``update_step`` (the rate, not the gradient: Adam's update ignores gradient scale), and
   applies the decoupled weight decay there too, with the same scaled rate (as the official
   param groups do).
-* EMA: the optimizer's own ``use_ema`` (updated every step inside the compiled train step).
+* EMA: the optimizer's own ``use_ema`` (updated every step inside the compiled train step; on
+  torch as one multi-tensor lerp, ``dispatch.fused_ema_step``).
   0.9999 is the official decay for ~94k steps; shorter runs keep the same averaging horizon as
   a fraction of the run (about 11 %), so the EMA does not lag behind a small run.
 """
@@ -150,6 +151,12 @@ class ConvNeXtAdamW(keras.optimizers.AdamW):
         if not dispatch.fused_adam_step(self, grads, trainable_variables, learning_rate,
                                         multipliers, decayed):
             super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        """The EMA update on one multi-tensor kernel where the backend has one
+        (``dispatch.fused_ema_step``: torch), else Keras' own (several ops per variable)."""
+        if not dispatch.fused_ema_step(self, trainable_variables):
+            super()._update_model_variables_moving_average(trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
         multiplier = self._multipliers[self._get_variable_index(variable)]

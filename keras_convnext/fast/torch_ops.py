@@ -760,12 +760,31 @@ class _GRN(torch.autograd.Function):
 def fused_adam_supported(variables, grads):
     """Whether ``fused_adam`` can update these torch tensors: torch's fused Adam kernel exists,
     and every variable and gradient is a float32 tensor on one CPU or CUDA device."""
-    if not hasattr(torch, "_fused_adam_") or not variables or torch.compiler.is_compiling():
+    return hasattr(torch, "_fused_adam_") and _foreach_ready(variables, grads)
+
+
+def _foreach_ready(first, *others):
+    """Whether torch's multi-tensor kernels can take these lists in eager mode: every tensor
+    float32 on one CPU or CUDA device (``first`` not empty)."""
+    if not first or torch.compiler.is_compiling():
         return False
-    device = variables[0].device
+    device = first[0].device
     return device.type in ("cpu", "cuda") and all(
         t is not None and t.dtype == torch.float32 and t.device == device
-        for t in (*variables, *grads))
+        for tensors in (first, *others) for t in tensors)
+
+
+def fused_ema(averages, values, momentum):
+    """Keras' EMA update, in place: ``average = momentum * average + (1 - momentum) * value``
+    for every pair, as one ``torch._foreach_lerp_`` (``average += (1 - momentum)(value -
+    average)``: the same up to float rounding, exact at ``momentum`` 0). Keras runs about eight
+    ops per variable for it, each with its own dispatch and temporaries. Returns False, having
+    changed nothing, where the kernel cannot take the tensors (``_foreach_ready``)."""
+    if not _foreach_ready(averages, values):
+        return False
+    with torch.no_grad():
+        torch._foreach_lerp_(averages, values, 1.0 - float(momentum))
+    return True
 
 
 def fused_adam(variables, grads, momentums, velocities, lr, beta_1, beta_2, epsilon, step):
